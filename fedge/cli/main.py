@@ -1,0 +1,206 @@
+"""The ``fedge`` command line."""
+
+from __future__ import annotations
+
+import functools
+import sys
+import time
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from fedge.errors import ConfigError, FedgeError
+
+app = typer.Typer(
+    help="fedge: federated and centralized training on edge data.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+data_app = typer.Typer(help="Inspect and fetch datasets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+console = Console()
+err_console = Console(stderr=True)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _friendly(func: F) -> F:
+    """Turn a FedgeError into one line on stderr and its exit code."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except FedgeError as exc:
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            err_console.print("[bold red]interrupted[/]")
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", help="Override a config value: key.sub=value (repeatable)."),
+]
+
+
+class _RichObserver:
+    """Progress bars for rounds and for the clients of the current round."""
+
+    def __init__(self, progress: Progress, rounds: int):
+        self.progress = progress
+        self.rounds = progress.add_task("rounds", total=rounds, status="")
+        self.clients = progress.add_task("clients", total=1, status="")
+        self.samples = 0
+        self.t0 = time.perf_counter()
+
+    def round_started(self, round: int, num_clients: int) -> None:
+        self.progress.reset(self.clients, total=num_clients, status="")
+        self.samples = 0
+        self.t0 = time.perf_counter()
+
+    def client_finished(self, update: Any) -> None:
+        self.samples += update.num_samples
+        rate = self.samples / max(time.perf_counter() - self.t0, 1e-9)
+        self.progress.update(self.clients, advance=1, status=f"{rate:,.0f} examples/s")
+
+    def round_finished(self, metrics: Mapping[str, Any]) -> None:
+        acc = metrics.get("test_accuracy")
+        status = f"acc {100 * acc:.2f}%" if acc is not None else ""
+        self.progress.update(self.rounds, advance=1, status=status)
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description:>7}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[status]}"),
+        console=console,
+    )
+
+
+@app.command()
+@_friendly
+def simulate(
+    config: Annotated[Path, typer.Argument(help="Experiment file (TOML).")],
+    overrides: SetOption = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Output folder (default runs/<name>-<time>).")
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
+    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+) -> None:
+    """Run a federated simulation and write metrics, a summary, a plot and the model."""
+    from fedge.config import load_config
+    from fedge.sim.experiment import prepare, run_to_folder
+
+    cfg = load_config(config, overrides or [])
+    with console.status("loading data and partitioning", spinner="dots"):
+        fed = prepare(cfg)
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    out = out or Path("runs") / f"{cfg.name}-{stamp}"
+    sizes = fed.clients.sizes()
+    console.print(
+        f"[bold]{cfg.name}[/]: {fed.data.name}, {fed.clients.num_clients} clients "
+        f"({sizes.min()}-{sizes.max()} examples), {fed.cohort} per round, "
+        f"{cfg.rounds} rounds, {fed.strategy.name}, model {fed.spec.name}, "
+        f"engine {cfg.engine}"
+    )
+    with _progress() as progress:
+        observer = None if quiet else _RichObserver(progress, cfg.rounds)
+        summary, path = run_to_folder(fed, out, observer=observer, overwrite=force)
+    console.print(
+        f"test accuracy [bold]{100 * summary['final_test_accuracy']:.2f}%[/] after "
+        f"{cfg.rounds} rounds ({summary['seconds']:.1f} s); results in {path}/ "
+        f"(plot: {path / 'curves.png'})"
+    )
+
+
+@data_app.command("describe")
+@_friendly
+def describe(
+    config: Annotated[
+        Path | None, typer.Argument(help="Experiment file whose [data]/[partition] to use.")
+    ] = None,
+    overrides: SetOption = None,
+    plot: Annotated[Path | None, typer.Option(help="Save a per-client label plot (PNG).")] = None,
+    max_rows: Annotated[int, typer.Option(help="Clients shown in the table.")] = 20,
+) -> None:
+    """Print per-client sample counts and label histograms of a partitioned dataset.
+
+    Example: fedge data describe --set data.name=digits --set partition.scheme=dirichlet
+    --set partition.num_clients=10
+    """
+    import tomllib
+
+    from fedge.config import apply_overrides, parse_section
+    from fedge.data.describe import describe_partition, plot_partition, stats_table
+    from fedge.data.load import load_data, partition_data
+
+    raw: dict[str, Any] = {}
+    if config is not None:
+        try:
+            raw = tomllib.loads(config.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {config}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {config} is not valid TOML: {exc}") from None
+    raw = apply_overrides(raw, overrides or [])
+    if "data" not in raw:
+        raise ConfigError("no [data] section: pass an experiment file or --set data.name=...")
+    data_cfg = parse_section("data", raw["data"])
+    part_cfg = parse_section("partition", raw["partition"]) if "partition" in raw else None
+    seed = raw.get("seed", 0)
+    if not isinstance(seed, int):
+        raise ConfigError(f"seed must be an integer, got {seed!r}")
+    data = load_data(data_cfg, seed=seed)
+    partition = partition_data(data, part_cfg, seed=seed)
+    stats = describe_partition(partition, data.train.y.numpy(), data.num_classes)
+    console.print(stats_table(stats, max_rows=max_rows, client_ids=data.client_ids))
+    if plot is not None:
+        plot_partition(stats, plot, title=f"{data.name}: {len(partition)} clients")
+        console.print(f"plot saved to {plot}")
+
+
+@data_app.command("download")
+@_friendly
+def download(
+    dataset: Annotated[str, typer.Argument(help="Dataset to fetch: fashion-mnist.")],
+    dest: Annotated[Path, typer.Option(help="Folder to download into.")] = Path(
+        "data/fashion-mnist"
+    ),
+    base_url: Annotated[str | None, typer.Option(help="Mirror to download from.")] = None,
+) -> None:
+    """Download a dataset for machines without the Debian package."""
+    from fedge.data.fashion_mnist import download_fashion_mnist
+
+    if dataset.replace("_", "-") != "fashion-mnist":
+        raise ConfigError(f"unknown dataset {dataset!r}: only fashion-mnist can be downloaded")
+    kwargs = {} if base_url is None else {"base_url": base_url}
+    path = download_fashion_mnist(dest, progress=sys.stderr.isatty(), **kwargs)
+    console.print(f"Fashion-MNIST is in {path} (use --set data.data_dir={path})")
+
+
+def main() -> None:  # pragma: no cover - console entry
+    app()

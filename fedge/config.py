@@ -1,0 +1,298 @@
+"""Experiment files: a typed schema, TOML loading and ``--set key=value`` overrides.
+
+An experiment is a TOML file such as ``examples/fmnist_dirichlet.toml``::
+
+    seed = 0
+    rounds = 50
+
+    [data]
+    name = "fashion_mnist"
+
+    [partition]
+    scheme = "dirichlet"
+    num_clients = 10
+    beta = 0.5
+
+    [model]
+    preset = "lenet"
+
+    [client]
+    epochs = 10
+    batch_size = 64
+    lr = 0.01
+    momentum = 0.9
+
+    [server]
+    fraction = 1.0
+
+Unknown keys and values of the wrong type are errors, reported as one line that names the
+key (:class:`fedge.errors.ConfigError`).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    PositiveFloat,
+    PositiveInt,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
+
+from fedge.errors import ConfigError
+
+__all__ = [
+    "ExperimentConfig",
+    "apply_overrides",
+    "load_config",
+    "parse_config",
+    "parse_section",
+]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- data -------------------------------------------------------------------------------
+
+
+class FashionMNISTData(_Section):
+    """Fashion-MNIST from ``data_dir``, ``$FEDGE_DATA`` or the Debian package location."""
+
+    name: Literal["fashion_mnist"]
+    data_dir: Path | None = None
+    download: bool = False
+
+
+class LeafData(_Section):
+    """A LEAF dataset folder with ``train/`` and ``test/`` JSON files; users are clients."""
+
+    name: Literal["leaf"]
+    path: Path
+    input_shape: list[PositiveInt] | None = None
+
+
+class SyntheticData(_Section):
+    """Synthetic(α, β) of FedProx / LEAF; devices are clients."""
+
+    name: Literal["synthetic"]
+    alpha: NonNegativeFloat = 0.0
+    beta: NonNegativeFloat = 0.0
+    num_devices: PositiveInt = 30
+    iid: bool = False
+
+
+class DigitsData(_Section):
+    """scikit-learn's 8×8 digits, for tiny fast runs."""
+
+    name: Literal["digits"]
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+
+
+DataConfig = Annotated[
+    FashionMNISTData | LeafData | SyntheticData | DigitsData, Field(discriminator="name")
+]
+
+
+# --- partition --------------------------------------------------------------------------
+
+
+class IIDPartition(_Section):
+    scheme: Literal["iid"]
+    num_clients: PositiveInt
+
+
+class DirichletPartition(_Section):
+    scheme: Literal["dirichlet"]
+    num_clients: PositiveInt
+    beta: PositiveFloat = 0.5
+    min_size: PositiveInt = 10
+
+
+class LabelKPartition(_Section):
+    scheme: Literal["label_k"]
+    num_clients: PositiveInt
+    k: PositiveInt = 2
+
+
+class ShardsPartition(_Section):
+    scheme: Literal["shards"]
+    num_clients: PositiveInt
+    shards_per_client: PositiveInt = 2
+
+
+class QuantitySkewPartition(_Section):
+    scheme: Literal["quantity_skew"]
+    num_clients: PositiveInt
+    beta: PositiveFloat = 0.5
+    min_size: PositiveInt = 10
+
+
+class NaturalPartition(_Section):
+    scheme: Literal["natural"]
+
+
+PartitionConfig = Annotated[
+    IIDPartition
+    | DirichletPartition
+    | LabelKPartition
+    | ShardsPartition
+    | QuantitySkewPartition
+    | NaturalPartition,
+    Field(discriminator="scheme"),
+]
+
+
+# --- model, training, strategy ----------------------------------------------------------
+
+
+class ModelConfig(_Section):
+    """Exactly one of ``preset`` (logreg, mlp, lenet) or ``spec`` (a JSON spec file)."""
+
+    preset: Literal["logreg", "mlp", "lenet"] | None = None
+    spec: Path | None = None
+    hidden: list[PositiveInt] = [200, 200]
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelConfig:
+        if (self.preset is None) == (self.spec is None):
+            raise ValueError("give exactly one of model.preset and model.spec")
+        return self
+
+
+class ClientConfig(_Section):
+    """Local SGD of each client (semantics in :mod:`fedge.fl.local`)."""
+
+    epochs: PositiveInt = 1
+    batch_size: PositiveInt | None = 32
+    lr: PositiveFloat = 0.01
+    momentum: float = Field(0.0, ge=0, lt=1)
+    weight_decay: NonNegativeFloat = 0.0
+    drop_last: bool = False
+
+
+class ServerConfig(_Section):
+    """Cohort size: ``clients_per_round`` or ``fraction`` of all clients (default all)."""
+
+    clients_per_round: PositiveInt | None = None
+    fraction: float | None = Field(None, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _one_size(self) -> ServerConfig:
+        if self.clients_per_round is not None and self.fraction is not None:
+            raise ValueError("give only one of server.clients_per_round and server.fraction")
+        return self
+
+
+class FedAvgConfig(_Section):
+    name: Literal["fedavg"] = "fedavg"
+
+
+StrategyConfig = Annotated[FedAvgConfig, Field(discriminator="name")]
+
+
+class EvalConfig(_Section):
+    """Server-side evaluation on the test set every ``every`` rounds (and after the last);
+    optional client-side evaluation of the global model on each sampled client's data."""
+
+    every: PositiveInt = 1
+    batch_size: PositiveInt = 2048
+    client_eval: bool = False
+
+
+class ExperimentConfig(_Section):
+    """A whole federated simulation."""
+
+    name: str = "experiment"
+    seed: int = 0
+    rounds: PositiveInt
+    engine: Literal["sequential"] = "sequential"
+    threads: PositiveInt | None = None
+    data: DataConfig
+    partition: PartitionConfig | None = None
+    model: ModelConfig
+    client: ClientConfig = ClientConfig()
+    server: ServerConfig = ServerConfig()
+    strategy: StrategyConfig = FedAvgConfig()
+    eval: EvalConfig = EvalConfig()
+
+
+# --- loading ----------------------------------------------------------------------------
+
+
+def _one_line(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif err["type"] == "union_tag_invalid":
+            msg = f"unknown choice {err['input'].get(err['ctx']['discriminator'].strip(chr(39)))!r}"
+            msg += f" (expected one of {err['ctx']['expected_tags']})"
+        elif "input" in err and not isinstance(err["input"], dict):
+            msg += f" (got {err['input']!r})"
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(parts)
+
+
+def parse_config(data: dict[str, Any], source: str = "config") -> ExperimentConfig:
+    """Validate a parsed config dict; raises :class:`ConfigError` with one line."""
+    try:
+        return ExperimentConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid {source}: {_one_line(exc)}") from None
+
+
+def parse_section(name: str, value: Any) -> Any:
+    """Validate one section (``"data"`` or ``"partition"``) on its own."""
+    adapter = TypeAdapter(DataConfig if name == "data" else PartitionConfig)
+    try:
+        return adapter.validate_python(value)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid [{name}]: {_one_line(exc)}") from None
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key.sub=value`` overrides (values parsed as TOML, else taken as strings)."""
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        *parents, leaf = key.strip().split(".")
+        node = data
+        for part in parents:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {item!r}: {part} is not a table")
+            node = child
+        node[leaf] = _parse_value(value.strip())
+    return data
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read a TOML experiment file, apply overrides and validate it."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    return parse_config(apply_overrides(data, overrides or []), str(path))

@@ -1,0 +1,170 @@
+"""Local training and evaluation: what every client runs, in every engine.
+
+Local SGD is defined once, here, so that the simulation engines, the deployment clients and
+the tests agree on it exactly:
+
+* For each of ``epochs`` epochs, draw a permutation of the client's ``n`` examples from the
+  client's own random stream (:func:`client_generator`) and cut it into consecutive batches
+  of ``batch_size`` (the last one smaller unless ``drop_last``). ``batch_size=None`` means
+  full batch.
+* At each step the gradient is that of the mean softmax cross-entropy over the batch, plus
+  ``weight_decay · w``, plus the strategy's :meth:`~fedge.fl.strategy.Strategy.grad_correction`.
+* The update is PyTorch's SGD: ``buf = momentum·buf + g`` (``buf = g`` at the first step),
+  ``w ← w − lr·buf``; the momentum buffer starts at zero in every round.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fedge.errors import ConfigError
+from fedge.fl.strategy.base import Strategy
+from fedge.fl.types import ClientTask, ClientUpdate, Params
+
+__all__ = [
+    "LocalTraining",
+    "client_generator",
+    "evaluate",
+    "get_params",
+    "set_params",
+    "train_client",
+]
+
+
+@dataclass(frozen=True)
+class LocalTraining:
+    """Hyper-parameters of a client's local SGD (see the module docstring)."""
+
+    epochs: int = 1
+    batch_size: int | None = 32
+    lr: float = 0.01
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    drop_last: bool = False
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ConfigError(f"local epochs must be >= 1, got {self.epochs}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ConfigError(f"batch size must be >= 1, got {self.batch_size}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ConfigError(f"learning rate must be positive, got {self.lr}")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"weight decay must be >= 0, got {self.weight_decay}")
+
+    def steps_per_epoch(self, n: int) -> int:
+        """Local steps one epoch over ``n`` examples takes."""
+        b = n if self.batch_size is None else min(self.batch_size, n)
+        return n // b if self.drop_last else math.ceil(n / b)
+
+
+def client_generator(seed: int, round: int, client_id: int) -> torch.Generator:
+    """The random stream of one client in one round.
+
+    Derived from ``(seed, round, client_id)`` alone, so a client's batches do not depend
+    on which other clients are sampled, in what order, or on which engine.
+    """
+    state = np.random.SeedSequence([seed, round, client_id, 0x10CA1]).generate_state(2)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+def get_params(model: torch.nn.Module) -> Params:
+    """A detached copy of ``model``'s parameters."""
+    return {name: p.detach().clone() for name, p in model.named_parameters()}
+
+
+@torch.no_grad()
+def set_params(model: torch.nn.Module, params: Mapping[str, torch.Tensor]) -> None:
+    """Copy ``params`` into ``model`` in place (names and shapes must match)."""
+    for name, p in model.named_parameters():
+        p.copy_(params[name])
+
+
+def train_client(
+    model: torch.nn.Module,
+    strategy: Strategy,
+    task: ClientTask,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    config: LocalTraining,
+    generator: torch.Generator,
+    *,
+    client_id: int = 0,
+) -> ClientUpdate:
+    """Run local SGD from ``task.params`` on ``(x, y)`` and report the trained weights.
+
+    ``model`` is a work area: its parameters are overwritten. ``x`` and ``y`` are the
+    client's own examples.
+    """
+    n = int(y.shape[0])
+    set_params(model, task.params)
+    model.train()
+    named = dict(model.named_parameters())
+    optimizer = torch.optim.SGD(
+        named.values(),
+        lr=config.lr,
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
+        foreach=True,
+    )
+    b = n if config.batch_size is None else min(config.batch_size, n)
+    stop = n - n % b if config.drop_last else n
+    steps = 0
+    loss_sum = torch.zeros((), dtype=torch.float64)
+    for _ in range(config.epochs):
+        order = torch.randperm(n, generator=generator)
+        for start in range(0, stop, b):
+            idx = order[start : start + b]
+            optimizer.zero_grad(set_to_none=False)
+            loss = F.cross_entropy(model(x[idx]), y[idx])
+            loss.backward()
+            correction = strategy.grad_correction(named, task)
+            if correction is not None:
+                with torch.no_grad():
+                    for name, p in named.items():
+                        p.grad.add_(correction[name])
+            optimizer.step()
+            loss_sum += loss.detach() * idx.shape[0]
+            steps += 1
+    seen = max(1, config.epochs * stop)
+    return ClientUpdate(
+        client_id=client_id,
+        params=get_params(model),
+        num_samples=n,
+        num_steps=steps,
+        metrics={"train_loss": float(loss_sum) / seen},
+    )
+
+
+@torch.no_grad()
+def evaluate(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    params: Mapping[str, torch.Tensor] | None = None,
+    batch_size: int = 2048,
+) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of ``model`` (or of ``params`` loaded into it)."""
+    if params is not None:
+        set_params(model, params)
+    model.eval()
+    n = int(y.shape[0])
+    if n == 0:
+        return float("nan"), float("nan")
+    loss = torch.zeros((), dtype=torch.float64)
+    correct = 0
+    for start in range(0, n, batch_size):
+        logits = model(x[start : start + batch_size])
+        target = y[start : start + batch_size]
+        loss += F.cross_entropy(logits, target, reduction="sum")
+        correct += int((logits.argmax(dim=1) == target).sum())
+    return float(loss) / n, correct / n

@@ -1,0 +1,80 @@
+"""Engines run the client half of a round; the sequential engine is the reference.
+
+Every engine takes the same inputs (a strategy, the round's :class:`ClientTask`, the
+sampled client indices) and yields one :class:`ClientUpdate` per client, computed with the
+local-SGD semantics of :mod:`fedge.fl.local` and each client's own random stream, so that
+any engine gives the same global model as :class:`SequentialEngine` for the same seed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from fedge.fl.local import LocalTraining, client_generator, train_client
+from fedge.fl.strategy.base import Strategy
+from fedge.fl.types import ClientTask, ClientUpdate
+from fedge.models.spec import ModelSpec, build_model
+
+__all__ = ["ClientData", "SequentialEngine"]
+
+
+@dataclass(frozen=True)
+class ClientData:
+    """All clients' training examples, resident once: ``x``/``y`` hold the pooled rows and
+    ``indices[k]`` the rows of client ``k`` (no per-round copies of the data)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    indices: tuple[torch.Tensor, ...]
+
+    @classmethod
+    def from_partition(
+        cls, x: torch.Tensor, y: torch.Tensor, partition: Sequence[np.ndarray]
+    ) -> ClientData:
+        idx = tuple(torch.as_tensor(np.asarray(p), dtype=torch.int64) for p in partition)
+        return cls(x=x, y=y, indices=idx)
+
+    @property
+    def num_clients(self) -> int:
+        return len(self.indices)
+
+    def sizes(self) -> np.ndarray:
+        return np.array([len(i) for i in self.indices], dtype=np.int64)
+
+    def client(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Client ``k``'s examples (gathered rows)."""
+        rows = self.indices[k]
+        return self.x[rows], self.y[rows]
+
+
+class SequentialEngine:
+    """Trains the sampled clients one after another in this process."""
+
+    name = "sequential"
+
+    def __init__(self, spec: ModelSpec, data: ClientData, local: LocalTraining, *, seed: int):
+        self.data = data
+        self.local = local
+        self.seed = seed
+        self._model = build_model(spec)
+
+    def train_round(
+        self, strategy: Strategy, task: ClientTask, clients: Sequence[int]
+    ) -> Iterator[ClientUpdate]:
+        """Yield each client's update as soon as it is trained."""
+        for k in clients:
+            x, y = self.data.client(int(k))
+            yield train_client(
+                self._model,
+                strategy,
+                task,
+                x,
+                y,
+                self.local,
+                client_generator(self.seed, task.round, int(k)),
+                client_id=int(k),
+            )

@@ -1,0 +1,285 @@
+"""A federated simulation from an :class:`~fedge.config.ExperimentConfig` to a trained model.
+
+:func:`prepare` resolves everything that can fail on bad input (data, partition, model,
+cohort size) before any training or output happens; :func:`run` then trains round after
+round, evaluating the global model on the test set.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from fedge.config import ExperimentConfig, FedAvgConfig
+from fedge.data.dataset import FederatedData
+from fedge.data.load import load_data, partition_data
+from fedge.errors import ConfigError, FedgeError, UpdateRejected
+from fedge.fl.local import LocalTraining, evaluate
+from fedge.fl.pipeline import check_update
+from fedge.fl.sampling import clients_per_round, sample_clients
+from fedge.fl.strategy import FedAvg, Strategy
+from fedge.fl.types import ClientUpdate, Params, ServerState
+from fedge.models.spec import ModelSpec, build_model, count_parameters, load_spec, preset_spec
+from fedge.sim.engine import ClientData, SequentialEngine
+from fedge.sim.outputs import RunDirectory, peak_memory_mb
+
+__all__ = [
+    "Federation",
+    "Observer",
+    "RunResult",
+    "make_strategy",
+    "prepare",
+    "run",
+    "run_to_folder",
+]
+
+
+class Observer(Protocol):
+    """Receives progress events (the CLI draws progress bars from them)."""
+
+    def round_started(self, round: int, num_clients: int) -> None: ...
+
+    def client_finished(self, update: ClientUpdate) -> None: ...
+
+    def round_finished(self, metrics: Mapping[str, Any]) -> None: ...
+
+
+def make_strategy(config: FedAvgConfig) -> Strategy:
+    """The strategy object a ``[strategy]`` section names."""
+    if isinstance(config, FedAvgConfig):
+        return FedAvg()
+    raise ConfigError(f"unknown strategy {config!r}")
+
+
+def model_spec(config: ExperimentConfig, data: FederatedData) -> ModelSpec:
+    """The model spec of an experiment, checked against the data's input shape."""
+    if config.model.spec is not None:
+        spec = load_spec(config.model.spec)
+        if tuple(spec.input_shape) != data.input_shape:
+            raise ConfigError(
+                f"model spec expects input {list(spec.input_shape)} but {data.name} examples "
+                f"have shape {list(data.input_shape)}"
+            )
+        return spec
+    return preset_spec(
+        config.model.preset or "logreg",
+        data.input_shape,
+        data.num_classes,
+        hidden=config.model.hidden,
+    )
+
+
+@dataclass(frozen=True)
+class Federation:
+    """Everything a simulation needs, resolved and validated."""
+
+    config: ExperimentConfig
+    data: FederatedData
+    partition: list[np.ndarray]
+    clients: ClientData
+    spec: ModelSpec
+    strategy: Strategy
+    local: LocalTraining
+    cohort: int
+
+
+def prepare(config: ExperimentConfig) -> Federation:
+    """Load data, partition it and build the model spec; raise on any inconsistency."""
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    data = load_data(config.data, seed=config.seed)
+    partition = partition_data(data, config.partition, seed=config.seed)
+    if any(len(p) == 0 for p in partition):
+        raise ConfigError("the partition leaves some client with no training example")
+    c = config.client
+    local = LocalTraining(
+        epochs=c.epochs,
+        batch_size=c.batch_size,
+        lr=c.lr,
+        momentum=c.momentum,
+        weight_decay=c.weight_decay,
+        drop_last=c.drop_last,
+    )
+    cohort = clients_per_round(
+        len(partition),
+        count=config.server.clients_per_round,
+        fraction=None if config.server.clients_per_round else (config.server.fraction or 1.0),
+    )
+    return Federation(
+        config=config,
+        data=data,
+        partition=partition,
+        clients=ClientData.from_partition(data.train.x, data.train.y, partition),
+        spec=model_spec(config, data),
+        strategy=make_strategy(config.strategy),
+        local=local,
+        cohort=cohort,
+    )
+
+
+@dataclass
+class RunResult:
+    """The outcome of :func:`run`."""
+
+    state: ServerState
+    history: list[dict[str, Any]] = field(default_factory=list)
+    num_parameters: int = 0
+    seconds: float = 0.0
+
+
+def _accepted(
+    updates: Iterator[ClientUpdate], reference: Params, observer: Observer | None, tally: dict
+) -> Iterator[ClientUpdate]:
+    """Check each update, drop rejected ones, and keep round totals in ``tally``."""
+    for update in updates:
+        if observer is not None:
+            observer.client_finished(update)
+        try:
+            check_update(update, reference)
+        except UpdateRejected:
+            tally["rejected"] += 1
+            continue
+        tally["clients"] += 1
+        tally["samples"] += update.num_samples
+        tally["steps"] += update.num_steps
+        tally["loss"] += update.metrics.get("train_loss", 0.0) * update.num_samples
+        yield update
+
+
+def _client_eval(fed: Federation, model: torch.nn.Module, params: Params, clients) -> dict:
+    """Sample-weighted loss and accuracy of the global model on the sampled clients' data
+    (their natural test rows when the dataset has them, else their training rows)."""
+    loss = acc = 0.0
+    total = 0
+    tests = fed.data.natural_test_partition
+    for k in clients:
+        if tests is not None:
+            rows = torch.as_tensor(tests[int(k)], dtype=torch.int64)
+            x, y = fed.data.test.x[rows], fed.data.test.y[rows]
+        else:
+            x, y = fed.clients.client(int(k))
+        if len(y) == 0:
+            continue
+        batch = fed.config.eval.batch_size
+        lk, ak = evaluate(model, x, y, params=params, batch_size=batch)
+        loss += lk * len(y)
+        acc += ak * len(y)
+        total += len(y)
+    if total == 0:
+        return {}
+    return {"client_eval_loss": loss / total, "client_eval_accuracy": acc / total}
+
+
+def run(
+    fed: Federation,
+    *,
+    observer: Observer | None = None,
+    on_round: Callable[[dict[str, Any]], None] | None = None,
+) -> RunResult:
+    """Train ``fed.config.rounds`` rounds and return the final state and per-round metrics.
+
+    ``on_round`` receives each round's metrics as soon as the round ends (the CLI appends
+    them to ``metrics.jsonl``).
+    """
+    cfg = fed.config
+    model = build_model(fed.spec, seed=cfg.seed)
+    state = fed.strategy.init(dict(model.named_parameters()))
+    engine = SequentialEngine(fed.spec, fed.clients, fed.local, seed=cfg.seed)
+    test = fed.data.test
+    result = RunResult(state=state, num_parameters=count_parameters(model))
+    start = time.perf_counter()
+    for r in range(1, cfg.rounds + 1):
+        t0 = time.perf_counter()
+        clients = sample_clients(fed.clients.num_clients, fed.cohort, seed=cfg.seed, round=r)
+        if observer is not None:
+            observer.round_started(r, len(clients))
+        task = fed.strategy.client_task(state)
+        tally = {"clients": 0, "rejected": 0, "samples": 0, "steps": 0, "loss": 0.0}
+        updates = _accepted(
+            engine.train_round(fed.strategy, task, clients), state.params, observer, tally
+        )
+        try:
+            state = fed.strategy.aggregate(state, updates)
+        except FedgeError:
+            if tally["rejected"]:
+                raise FedgeError(
+                    f"round {r}: all {tally['rejected']} client updates held NaN or Inf "
+                    "(training diverged?): lower client.lr"
+                ) from None
+            raise
+        train_seconds = time.perf_counter() - t0
+        metrics: dict[str, Any] = {
+            "round": r,
+            "test_accuracy": None,
+            "test_loss": None,
+            "train_loss": tally["loss"] / max(tally["samples"], 1),
+            "clients": tally["clients"],
+            "rejected": tally["rejected"],
+            "samples": tally["samples"],
+            "clients_per_second": tally["clients"] / train_seconds,
+            "samples_per_second": tally["samples"] * fed.local.epochs / train_seconds,
+        }
+        if r % cfg.eval.every == 0 or r == cfg.rounds:
+            loss, acc = evaluate(
+                model, test.x, test.y, params=state.params, batch_size=cfg.eval.batch_size
+            )
+            metrics["test_loss"], metrics["test_accuracy"] = loss, acc
+            if cfg.eval.client_eval:
+                metrics.update(_client_eval(fed, model, state.params, clients))
+        metrics["seconds"] = time.perf_counter() - t0
+        result.history.append(metrics)
+        if on_round is not None:
+            on_round(metrics)
+        if observer is not None:
+            observer.round_finished(metrics)
+    result.state = state
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def run_to_folder(
+    fed: Federation, out: Path, *, observer: Observer | None = None, overwrite: bool = False
+) -> tuple[dict[str, Any], Path]:
+    """:func:`run` with every output written to ``out`` (see :mod:`fedge.sim.outputs`).
+
+    Returns the summary and the folder. On failure the files written so far stay in
+    ``<out>.partial`` and the error propagates.
+    """
+    cfg = fed.config
+    folder = RunDirectory(out, overwrite=overwrite)
+    folder.write_config(cfg)
+    try:
+        result = run(fed, observer=observer, on_round=folder.append_metrics)
+    except BaseException:
+        folder.abandon()
+        raise
+    evaluated = [m for m in result.history if m["test_accuracy"] is not None]
+    last, best = evaluated[-1], max(evaluated, key=lambda m: m["test_accuracy"])
+    summary = {
+        "name": cfg.name,
+        "dataset": fed.data.name,
+        "strategy": fed.strategy.name,
+        "engine": cfg.engine,
+        "model": fed.spec.name,
+        "num_parameters": result.num_parameters,
+        "num_clients": fed.clients.num_clients,
+        "clients_per_round": fed.cohort,
+        "rounds": cfg.rounds,
+        "seed": cfg.seed,
+        "final_test_accuracy": last["test_accuracy"],
+        "final_test_loss": last["test_loss"],
+        "best_test_accuracy": best["test_accuracy"],
+        "best_round": best["round"],
+        "seconds": result.seconds,
+        "seconds_per_round": result.seconds / cfg.rounds,
+        "peak_memory_mb": peak_memory_mb(),
+        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    return summary, folder.finish(summary, result.history, result.state.params, fed.spec)

@@ -1,0 +1,115 @@
+"""The output folder of a simulation: resolved config, per-round metrics, summary, plot and
+final model.
+
+Files are written into ``<out>.partial/`` and the folder is renamed to ``<out>`` only when
+the run completes, so a folder named ``<out>`` always holds a finished result.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from safetensors.torch import save_file
+
+from fedge.config import ExperimentConfig
+from fedge.errors import ConfigError
+from fedge.models.spec import ModelSpec
+
+__all__ = ["RunDirectory", "peak_memory_mb", "plot_history"]
+
+
+def _drop_none(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _drop_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_drop_none(v) for v in value]
+    return value
+
+
+def peak_memory_mb() -> float:
+    """Peak resident memory of this process plus its finished children, in MiB."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    scale = 1 / 1024 if platform.system() != "Darwin" else 1 / 2**20
+    return (own + children) * scale
+
+
+def plot_history(history: Sequence[Mapping[str, Any]], path: Path, *, title: str) -> Path:
+    """A PNG with test accuracy (left) and test/train loss (right) per round."""
+    rounds = [m["round"] for m in history if m.get("test_accuracy") is not None]
+    acc = [100 * m["test_accuracy"] for m in history if m.get("test_accuracy") is not None]
+    loss = [m["test_loss"] for m in history if m.get("test_loss") is not None]
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax_acc, ax_loss = fig.subplots(1, 2)
+    ax_acc.plot(rounds, acc, marker="o", markersize=3)
+    ax_acc.set(xlabel="round", ylabel="test accuracy (%)", title="Test accuracy")
+    ax_loss.plot(rounds, loss, marker="o", markersize=3, label="test")
+    ax_loss.plot(
+        [m["round"] for m in history], [m["train_loss"] for m in history], label="train (local)"
+    )
+    ax_loss.set(xlabel="round", ylabel="cross-entropy", title="Loss")
+    ax_loss.legend()
+    for ax in (ax_acc, ax_loss):
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+class RunDirectory:
+    """Writes a run's files into ``<out>.partial`` and publishes them as ``<out>``."""
+
+    def __init__(self, out: Path, *, overwrite: bool = False):
+        self.out = Path(out)
+        if self.out.exists() and any(self.out.iterdir()) and not overwrite:
+            raise ConfigError(f"output folder {self.out} already holds files: use --force")
+        self.partial = self.out.with_name(self.out.name + ".partial")
+        shutil.rmtree(self.partial, ignore_errors=True)
+        self.partial.mkdir(parents=True)
+        self._metrics = (self.partial / "metrics.jsonl").open("w")
+
+    def write_config(self, config: ExperimentConfig) -> None:
+        data = _drop_none(config.model_dump(mode="json"))
+        (self.partial / "config.toml").write_text(tomli_w.dumps(data))
+
+    def append_metrics(self, metrics: Mapping[str, Any]) -> None:
+        self._metrics.write(json.dumps(metrics) + "\n")
+        self._metrics.flush()
+
+    def finish(
+        self,
+        summary: Mapping[str, Any],
+        history: Sequence[Mapping[str, Any]],
+        params: Mapping[str, torch.Tensor],
+        spec: ModelSpec,
+    ) -> Path:
+        """Write summary, plot and model, then move the folder into place."""
+        self._metrics.close()
+        (self.partial / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        plot_history(history, self.partial / "curves.png", title=str(summary.get("name", "")))
+        save_file(
+            {k: v.contiguous() for k, v in params.items()}, self.partial / "model.safetensors"
+        )
+        (self.partial / "model.json").write_text(spec.model_dump_json(indent=2) + "\n")
+        if self.out.exists():
+            shutil.rmtree(self.out)
+        os.replace(self.partial, self.out)
+        return self.out
+
+    def abandon(self) -> Path:
+        """Close files after a failure; the ``.partial`` folder stays for inspection."""
+        if not self._metrics.closed:
+            self._metrics.close()
+        return self.partial
