@@ -105,10 +105,12 @@ def test_grad_correction_of_the_strategy_is_applied_at_every_step(setup):
     spec, x, y = setup
     w0 = get_params(build_model(spec))
     cfg = LocalTraining(epochs=1, batch_size=None, lr=0.1)
-    plain = train_client(build_model(spec), FedAvg(), ClientTask(1, w0), x, y, cfg,
-                         client_generator(0, 1, 0))
-    pulled = train_client(build_model(spec), _ConstantPull(), ClientTask(1, w0), x, y, cfg,
-                          client_generator(0, 1, 0))
+    plain = train_client(
+        build_model(spec), FedAvg(), ClientTask(1, w0), x, y, cfg, client_generator(0, 1, 0)
+    )
+    pulled = train_client(
+        build_model(spec), _ConstantPull(), ClientTask(1, w0), x, y, cfg, client_generator(0, 1, 0)
+    )
     for name in w0:
         torch.testing.assert_close(pulled.params[name], plain.params[name] - 0.1 * 2.0)
 
@@ -142,8 +144,15 @@ def test_set_params_copies_into_the_model(setup):
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"lr": 0.0}, {"lr": -1.0}, {"epochs": 0}, {"batch_size": 0}, {"momentum": 1.0},
-     {"weight_decay": -0.1}, {"lr": float("nan")}],
+    [
+        {"lr": 0.0},
+        {"lr": -1.0},
+        {"epochs": 0},
+        {"batch_size": 0},
+        {"momentum": 1.0},
+        {"weight_decay": -0.1},
+        {"lr": float("nan")},
+    ],
 )
 def test_invalid_local_training_is_rejected(kwargs):
     with pytest.raises(ConfigError):

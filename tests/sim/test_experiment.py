@@ -54,7 +54,7 @@ def test_evaluation_every_k_rounds_and_after_the_last(digits):
 
 def test_a_diverging_run_stops_with_a_clear_error(digits):
     fed = prepare(digits(client={"epochs": 3, "batch_size": 8, "lr": 1e30}))
-    with pytest.raises(FedgeError, match="NaN or Inf.*lower client.lr"):
+    with pytest.raises(FedgeError, match=r"NaN or Inf.*lower client\.lr"):
         run(fed)
 
 
@@ -84,13 +84,18 @@ def test_run_to_folder_publishes_a_complete_result(digits, tmp_path):
     assert not (tmp_path / "run.partial").exists()
     names = {p.name for p in path.iterdir()}
     assert names == {
-        "config.toml", "metrics.jsonl", "summary.json", "curves.png", "model.safetensors",
+        "config.toml",
+        "metrics.jsonl",
+        "summary.json",
+        "curves.png",
+        "model.safetensors",
         "model.json",
     }
     lines = [json.loads(x) for x in (path / "metrics.jsonl").read_text().splitlines()]
     assert [m["round"] for m in lines] == [1, 2]
-    assert json.loads((path / "summary.json").read_text())["final_test_accuracy"] == (
-        summary["final_test_accuracy"]
+    assert (
+        json.loads((path / "summary.json").read_text())["final_test_accuracy"]
+        == (summary["final_test_accuracy"])
     )
     assert (path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

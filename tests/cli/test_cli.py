@@ -1,0 +1,147 @@
+"""The command line, run as a real process for the main paths and in-process for errors."""
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from fedge.cli.main import app
+
+ROOT = Path(__file__).resolve().parents[2]
+DIGITS = ROOT / "examples" / "digits_quick.toml"
+runner = CliRunner()
+
+
+def fedge(*args, cwd=None):
+    return subprocess.run(
+        [sys.executable, "-m", "fedge", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=300,
+    )
+
+
+def test_simulate_writes_a_complete_result(tmp_path):
+    out = tmp_path / "run"
+    proc = fedge("simulate", DIGITS, "--set", "rounds=3", "--out", out, "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert "test accuracy" in proc.stdout
+    metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["round"] for m in metrics] == [1, 2, 3]
+    assert all({"round", "test_accuracy", "test_loss", "seconds"} <= m.keys() for m in metrics)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["rounds"] == 3
+    assert summary["final_test_accuracy"] == metrics[-1]["test_accuracy"]
+    assert summary["peak_memory_mb"] > 0
+    assert "rounds = 3" in (out / "config.toml").read_text()
+    assert (out / "curves.png").stat().st_size > 1000
+
+
+def _invoke(tmp_path, config_text, *args):
+    cfg = tmp_path / "exp.toml"
+    cfg.write_text(config_text)
+    return runner.invoke(app, ["simulate", str(cfg), "--out", str(tmp_path / "out"), *args])
+
+
+BAD = [
+    ("typo = 1\n", [], "typo: unknown key"),
+    ("", ["--set", "rounds=ten"], "rounds: Input should be a valid integer"),
+    ("", ["--set", "client.lr=-0.5"], "client.lr: Input should be greater than 0"),
+    ("", ["--set", "client.lr=0"], "client.lr: Input should be greater than 0"),
+    ("", ["--set", "server.clients_per_round=21"], r"clients per round \(21\) is more than"),
+    ("", ["--set", "partition.scheme=zipf"], "unknown choice 'zipf'"),
+    ("", ["--set", "model.preset=resnet"], "model.preset"),
+    ("", ["--set", "nonsense"], "not of the form key=value"),
+]
+
+
+@pytest.mark.parametrize(("extra", "args", "message"), BAD)
+def test_bad_configs_fail_with_one_line_and_no_output(tmp_path, extra, args, message):
+    result = _invoke(tmp_path, extra + DIGITS.read_text(), *args)
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1, result.output
+    assert lines[0].startswith("error: ")
+    assert re.search(message, lines[0]), lines[0]
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "out.partial").exists()
+
+
+def test_missing_dataset_is_a_data_error(tmp_path):
+    cfg = tmp_path / "exp.toml"
+    cfg.write_text(
+        'rounds = 2\n[data]\nname = "leaf"\npath = "%s"\n[model]\npreset = "logreg"\n'
+        % (tmp_path / "nope")
+    )
+    result = runner.invoke(app, ["simulate", str(cfg), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 3
+    assert "error:" in result.output and "nope" in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_corrupt_leaf_file_is_a_data_error(tmp_path):
+    leaf = tmp_path / "leaf"
+    (leaf / "train").mkdir(parents=True)
+    (leaf / "test").mkdir()
+    (leaf / "train" / "part.json").write_text('{"users": ["a"], "num_samples": [1], "user_da')
+    (leaf / "test" / "part.json").write_text('{"users": [], "num_samples": [], "user_data": {}}')
+    cfg = tmp_path / "exp.toml"
+    cfg.write_text(
+        f'rounds = 1\n[data]\nname = "leaf"\npath = "{leaf}"\n[model]\npreset = "logreg"\n'
+    )
+    result = runner.invoke(app, ["simulate", str(cfg), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 3
+    assert "part.json" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_config_file(tmp_path):
+    result = runner.invoke(app, ["simulate", str(tmp_path / "none.toml")])
+    assert result.exit_code == 2
+    assert "config file not found" in result.output
+
+
+def test_data_describe_prints_counts_and_saves_a_plot(tmp_path):
+    plot = tmp_path / "parts.png"
+    result = runner.invoke(
+        app,
+        ["data", "describe", str(DIGITS), "--set", "partition.num_clients=5", "--plot", str(plot)],
+    )
+    assert result.exit_code == 0, result.output
+    assert "clients" in result.output
+    assert plot.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_data_describe_without_a_file(tmp_path):
+    result = runner.invoke(
+        app,
+        [
+            "data",
+            "describe",
+            "--set",
+            "data.name=digits",
+            "--set",
+            "partition.scheme=iid",
+            "--set",
+            "partition.num_clients=3",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "1,437" in result.output or "1437" in result.output
+
+
+@pytest.mark.parametrize(
+    "command", [[], ["simulate"], ["data"], ["data", "describe"], ["data", "download"]]
+)
+def test_every_command_has_help(command):
+    result = runner.invoke(app, [*command, "--help"])
+    assert result.exit_code == 0
+    assert "Usage" in result.output
