@@ -117,7 +117,8 @@ def resolve_fashion_mnist_dir(data_dir: str | Path | None = None) -> Path:
     looked = ", ".join(str(folder) for folder in candidates)
     raise DataError(
         f"Fashion-MNIST not found (looked in: {looked}); install it with "
-        "`apt-get install -y dataset-fashion-mnist`, pass `--data-dir` to a folder with "
+        "`apt-get install -y dataset-fashion-mnist`, set `data.data_dir` (or $FEDGE_DATA) "
+        "to a folder with "
         f"{', '.join(s + '.gz' for s in _STEMS)}, or run `fedge data download fashion-mnist`"
     )
 
