@@ -125,7 +125,7 @@ def test_nothing_found_says_where_it_looked_and_how_to_fix(
     assert str(tmp_path / "env" / "fashion-mnist") in message
     assert str(tmp_path / "no-debian") in message
     assert "apt-get install -y dataset-fashion-mnist" in message
-    assert "--data-dir" in message
+    assert "data.data_dir" in message
     assert "fedge data download fashion-mnist" in message
 
 
