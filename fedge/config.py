@@ -40,6 +40,7 @@ from pydantic import (
     ConfigDict,
     Field,
     NonNegativeFloat,
+    NonNegativeInt,
     PositiveFloat,
     PositiveInt,
     TypeAdapter,
@@ -193,11 +194,122 @@ class ServerConfig(_Section):
         return self
 
 
-class FedAvgConfig(_Section):
+class MeanAggregator(_Section):
+    """Σ n_k Δ_k / Σ n_k (the default)."""
+
+    name: Literal["mean"] = "mean"
+    clip_norm: PositiveFloat | None = None
+
+
+class MedianAggregator(_Section):
+    """Coordinate-wise median."""
+
+    name: Literal["median"]
+    clip_norm: PositiveFloat | None = None
+
+
+class TrimmedMeanAggregator(_Section):
+    """Coordinate-wise mean without the ⌊βK⌋ largest and smallest values."""
+
+    name: Literal["trimmed_mean"]
+    beta: float = Field(0.1, ge=0, lt=0.5)
+    clip_norm: PositiveFloat | None = None
+
+
+class KrumAggregator(_Section):
+    """Krum (``m = 1``) or Multi-Krum (``m > 1``) tolerating ``f`` attackers."""
+
+    name: Literal["krum", "multi_krum"]
+    f: NonNegativeInt = 1
+    m: PositiveInt | None = None
+    clip_norm: PositiveFloat | None = None
+
+
+AggregatorConfig = Annotated[
+    MeanAggregator | MedianAggregator | TrimmedMeanAggregator | KrumAggregator,
+    Field(discriminator="name"),
+]
+
+
+class _StrategyBase(_Section):
+    aggregator: AggregatorConfig = MeanAggregator()
+
+
+class FedAvgConfig(_StrategyBase):
+    """FedAvg (McMahan et al. 2017)."""
+
     name: Literal["fedavg"] = "fedavg"
 
 
-StrategyConfig = Annotated[FedAvgConfig, Field(discriminator="name")]
+class FedAvgMConfig(_StrategyBase):
+    """FedAvg with server momentum (Hsu et al. 2019)."""
+
+    name: Literal["fedavgm"]
+    server_lr: PositiveFloat = 1.0
+    server_momentum: float = Field(0.9, ge=0, lt=1)
+
+
+class FedOptConfig(_StrategyBase):
+    """Adaptive server optimizers (Reddi et al. 2021)."""
+
+    name: Literal["fedadagrad", "fedadam", "fedyogi"]
+    server_lr: PositiveFloat = 0.01
+    beta1: float = Field(0.9, ge=0, lt=1)
+    beta2: float = Field(0.99, ge=0, lt=1)
+    tau: PositiveFloat = 1e-3
+
+
+class FedProxConfig(_StrategyBase):
+    """FedProx's proximal term μ/2·‖w − w_global‖² (Li et al. 2020)."""
+
+    name: Literal["fedprox"]
+    mu: NonNegativeFloat = 0.01
+
+
+class ScaffoldConfig(_StrategyBase):
+    """SCAFFOLD with option II control variates (Karimireddy et al. 2020)."""
+
+    name: Literal["scaffold"]
+    server_lr: PositiveFloat = 1.0
+
+
+class FedNovaConfig(_StrategyBase):
+    """FedNova's normalized averaging (Wang et al. 2020)."""
+
+    name: Literal["fednova"]
+
+
+StrategyConfig = Annotated[
+    FedAvgConfig | FedAvgMConfig | FedOptConfig | FedProxConfig | ScaffoldConfig | FedNovaConfig,
+    Field(discriminator="name"),
+]
+
+
+class AttackConfig(_Section):
+    """Malicious clients, for robustness evaluation in simulation only.
+
+    A fixed ``fraction`` of the clients (chosen by seed) attack whenever sampled:
+    ``label_flip`` trains on label C−1−y; ``sign_flip`` reports −scale·Δ (scale 1 by
+    default); ``scale`` reports scale·Δ (model replacement, default 10); ``gaussian``
+    reports Δ ~ N(0, std²).
+    """
+
+    kind: Literal["label_flip", "sign_flip", "scale", "gaussian"]
+    fraction: float = Field(0.2, gt=0, lt=1)
+    scale: PositiveFloat | None = None
+    std: PositiveFloat = 1.0
+
+
+class SystemConfig(_Section):
+    """System heterogeneity: in each round a ``stragglers`` fraction of the sampled
+    clients cannot finish; with ``policy = "partial"`` they run a uniform random number
+    of local steps in [1, S) (S being the full local work) and report, with ``"drop"``
+    they report nothing. ``"auto"``
+    picks partial for strategies that accept partial work (FedProx, SCAFFOLD, FedNova)
+    and drop for the others, as in the FedProx paper."""
+
+    stragglers: float = Field(0.0, ge=0, lt=1)
+    policy: Literal["auto", "drop", "partial"] = "auto"
 
 
 class EvalConfig(_Section):
@@ -224,6 +336,8 @@ class ExperimentConfig(_Section):
     server: ServerConfig = ServerConfig()
     strategy: StrategyConfig = FedAvgConfig()
     eval: EvalConfig = EvalConfig()
+    attack: AttackConfig | None = None
+    system: SystemConfig = SystemConfig()
 
 
 # --- loading ----------------------------------------------------------------------------

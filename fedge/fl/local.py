@@ -98,11 +98,14 @@ def train_client(
     generator: torch.Generator,
     *,
     client_id: int = 0,
+    max_steps: int | None = None,
 ) -> ClientUpdate:
     """Run local SGD from ``task.params`` on ``(x, y)`` and report the trained weights.
 
     ``model`` is a work area: its parameters are overwritten. ``x`` and ``y`` are the
-    client's own examples.
+    client's own examples. ``max_steps`` stops a client that does only part of its work
+    (a straggler) after that many local steps. The report is completed by the strategy's
+    :meth:`~fedge.fl.strategy.Strategy.finish_client`.
     """
     n = int(y.shape[0])
     set_params(model, task.params)
@@ -116,32 +119,36 @@ def train_client(
         foreach=True,
     )
     b = n if config.batch_size is None else min(config.batch_size, n)
-    stop = n - n % b if config.drop_last else n
-    steps = 0
+    per_epoch = config.steps_per_epoch(n)
+    steps = config.epochs * per_epoch
+    if max_steps is not None:
+        steps = min(steps, max_steps)
     loss_sum = torch.zeros((), dtype=torch.float64)
-    for _ in range(config.epochs):
-        order = torch.randperm(n, generator=generator)
-        for start in range(0, stop, b):
-            idx = order[start : start + b]
-            optimizer.zero_grad(set_to_none=False)
-            loss = F.cross_entropy(model(x[idx]), y[idx])
-            loss.backward()
-            correction = strategy.grad_correction(named, task)
-            if correction is not None:
-                with torch.no_grad():
-                    for name, p in named.items():
-                        p.grad.add_(correction[name])
-            optimizer.step()
-            loss_sum += loss.detach() * idx.shape[0]
-            steps += 1
-    seen = max(1, config.epochs * stop)
-    return ClientUpdate(
+    seen = 0
+    for step in range(steps):
+        if step % per_epoch == 0:
+            order = torch.randperm(n, generator=generator)
+        start = (step % per_epoch) * b
+        idx = order[start : start + b]
+        optimizer.zero_grad(set_to_none=False)
+        loss = F.cross_entropy(model(x[idx]), y[idx])
+        loss.backward()
+        correction = strategy.grad_correction(named, task)
+        if correction is not None:
+            with torch.no_grad():
+                for name, p in named.items():
+                    p.grad.add_(correction[name])
+        optimizer.step()
+        loss_sum += loss.detach() * idx.shape[0]
+        seen += idx.shape[0]
+    update = ClientUpdate(
         client_id=client_id,
         params=get_params(model),
         num_samples=n,
         num_steps=steps,
-        metrics={"train_loss": float(loss_sum) / seen},
+        metrics={"train_loss": float(loss_sum) / max(seen, 1), "examples": seen},
     )
+    return strategy.finish_client(task, update, config)
 
 
 @torch.no_grad()

@@ -12,7 +12,15 @@ from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["ClientTask", "ClientUpdate", "Params", "ServerState", "clone_params"]
+__all__ = [
+    "ClientTask",
+    "ClientUpdate",
+    "Params",
+    "ServerState",
+    "clone_params",
+    "flatten",
+    "unflatten",
+]
 
 Params = dict[str, torch.Tensor]
 
@@ -20,6 +28,21 @@ Params = dict[str, torch.Tensor]
 def clone_params(params: Mapping[str, torch.Tensor]) -> Params:
     """A detached copy of ``params`` (same order, same dtypes)."""
     return {name: t.detach().clone() for name, t in params.items()}
+
+
+def flatten(params: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """All tensors of ``params`` concatenated into one float vector, in key order."""
+    return torch.cat([t.reshape(-1) for t in params.values()])
+
+
+def unflatten(vector: torch.Tensor, like: Mapping[str, torch.Tensor]) -> Params:
+    """Inverse of :func:`flatten`: cut ``vector`` into tensors shaped like ``like``."""
+    out: Params = {}
+    offset = 0
+    for name, ref in like.items():
+        out[name] = vector[offset : offset + ref.numel()].view(ref.shape).to(ref.dtype)
+        offset += ref.numel()
+    return out
 
 
 @dataclass(frozen=True)
@@ -43,12 +66,26 @@ class ServerState:
 
 @dataclass(frozen=True)
 class ClientTask:
-    """What a client receives for one round: the model to start from and any extras
-    the strategy's client half needs (e.g. a control variate)."""
+    """What a client receives for one round.
+
+    Attributes
+    ----------
+    round:
+        The round being trained (1-based).
+    params:
+        The global model to start from.
+    extras:
+        Server state the strategy's client half needs (e.g. SCAFFOLD's control variate c).
+    client_state:
+        The client's own state from its previous participation (e.g. SCAFFOLD's c_i), or
+        ``None`` on its first round. It stays with the client: in simulation the engine
+        keeps it, on a device the device does.
+    """
 
     round: int
     params: Params
     extras: Mapping[str, Params] = field(default_factory=dict)
+    client_state: Mapping[str, Params] | None = None
 
 
 @dataclass(frozen=True)
@@ -67,6 +104,10 @@ class ClientUpdate:
         Local optimizer steps taken.
     metrics:
         Scalar local metrics, e.g. mean training loss.
+    extras:
+        Strategy-specific tensors sent to the server (e.g. SCAFFOLD's Δc_i).
+    client_state:
+        The client's new own state, kept by the client and never sent to the server.
     """
 
     client_id: int
@@ -74,3 +115,5 @@ class ClientUpdate:
     num_samples: int
     num_steps: int
     metrics: Mapping[str, float] = field(default_factory=dict)
+    extras: Mapping[str, Params] = field(default_factory=dict)
+    client_state: Mapping[str, Params] | None = None

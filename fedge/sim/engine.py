@@ -8,15 +8,15 @@ any engine gives the same global model as :class:`SequentialEngine` for the same
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
 from fedge.fl.local import LocalTraining, client_generator, train_client
 from fedge.fl.strategy.base import Strategy
-from fedge.fl.types import ClientTask, ClientUpdate
+from fedge.fl.types import ClientTask, ClientUpdate, Params
 from fedge.models.spec import ModelSpec, build_model
 
 __all__ = ["ClientData", "SequentialEngine"]
@@ -63,18 +63,30 @@ class SequentialEngine:
         self._model = build_model(spec)
 
     def train_round(
-        self, strategy: Strategy, task: ClientTask, clients: Sequence[int]
+        self,
+        strategy: Strategy,
+        task: ClientTask,
+        clients: Sequence[int],
+        *,
+        states: Mapping[int, Mapping[str, Params]] | None = None,
+        max_steps: Mapping[int, int] | None = None,
     ) -> Iterator[ClientUpdate]:
-        """Yield each client's update as soon as it is trained."""
-        for k in clients:
-            x, y = self.data.client(int(k))
+        """Yield each client's update as soon as it is trained.
+
+        ``states`` holds each client's own state from earlier rounds (e.g. SCAFFOLD's
+        c_i); ``max_steps`` the step budgets of stragglers.
+        """
+        for k in map(int, clients):
+            x, y = self.data.client(k)
+            own = replace(task, client_state=states.get(k)) if states else task
             yield train_client(
                 self._model,
                 strategy,
-                task,
+                own,
                 x,
                 y,
                 self.local,
-                client_generator(self.seed, task.round, int(k)),
-                client_id=int(k),
+                client_generator(self.seed, task.round, k),
+                client_id=k,
+                max_steps=max_steps.get(k) if max_steps else None,
             )

@@ -17,16 +17,45 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from fedge.config import ExperimentConfig, FedAvgConfig
+from fedge.config import (
+    AggregatorConfig,
+    ExperimentConfig,
+    FedAvgMConfig,
+    FedNovaConfig,
+    FedOptConfig,
+    FedProxConfig,
+    KrumAggregator,
+    MedianAggregator,
+    ScaffoldConfig,
+    StrategyConfig,
+    TrimmedMeanAggregator,
+)
 from fedge.data.dataset import FederatedData
 from fedge.data.load import load_data, partition_data
 from fedge.errors import ConfigError, FedgeError, UpdateRejected
+from fedge.fl.aggregators import Aggregator, Krum, Median, NormBound, TrimmedMean, WeightedMean
 from fedge.fl.local import LocalTraining, evaluate
 from fedge.fl.pipeline import check_update
 from fedge.fl.sampling import clients_per_round, sample_clients
-from fedge.fl.strategy import FedAvg, Strategy
-from fedge.fl.types import ClientUpdate, Params, ServerState
+from fedge.fl.strategy import (
+    FedAdagrad,
+    FedAdam,
+    FedAvg,
+    FedAvgM,
+    FedNova,
+    FedProx,
+    FedYogi,
+    Scaffold,
+    Strategy,
+)
+from fedge.fl.types import ClientTask, ClientUpdate, Params, ServerState
 from fedge.models.spec import ModelSpec, build_model, count_parameters, load_spec, preset_spec
+from fedge.sim.adversity import (
+    attack_update,
+    flip_labels,
+    malicious_clients,
+    straggler_budgets,
+)
 from fedge.sim.engine import ClientData, SequentialEngine
 from fedge.sim.outputs import RunDirectory, peak_memory_mb
 
@@ -34,6 +63,7 @@ __all__ = [
     "Federation",
     "Observer",
     "RunResult",
+    "make_aggregator",
     "make_strategy",
     "prepare",
     "run",
@@ -51,11 +81,46 @@ class Observer(Protocol):
     def round_finished(self, metrics: Mapping[str, Any]) -> None: ...
 
 
-def make_strategy(config: FedAvgConfig) -> Strategy:
+def make_aggregator(config: AggregatorConfig) -> Aggregator:
+    """The aggregator a ``[strategy.aggregator]`` section names."""
+    inner: Aggregator
+    if isinstance(config, MedianAggregator):
+        inner = Median()
+    elif isinstance(config, TrimmedMeanAggregator):
+        inner = TrimmedMean(config.beta)
+    elif isinstance(config, KrumAggregator):
+        m = config.m if config.m is not None else (1 if config.name == "krum" else None)
+        if m is None:
+            raise ConfigError("multi_krum needs m, the number of updates to average")
+        inner = Krum(f=config.f, m=m)
+    else:
+        inner = WeightedMean()
+    return inner if config.clip_norm is None else NormBound(config.clip_norm, inner)
+
+
+def make_strategy(config: StrategyConfig, *, num_clients: int, local: LocalTraining) -> Strategy:
     """The strategy object a ``[strategy]`` section names."""
-    if isinstance(config, FedAvgConfig):
-        return FedAvg()
-    raise ConfigError(f"unknown strategy {config!r}")
+    agg = make_aggregator(config.aggregator)
+    if isinstance(config, FedAvgMConfig):
+        return FedAvgM(
+            server_lr=config.server_lr, server_momentum=config.server_momentum, aggregator=agg
+        )
+    if isinstance(config, FedOptConfig):
+        cls = {"fedadagrad": FedAdagrad, "fedadam": FedAdam, "fedyogi": FedYogi}[config.name]
+        return cls(
+            server_lr=config.server_lr,
+            beta1=config.beta1,
+            beta2=config.beta2,
+            tau=config.tau,
+            aggregator=agg,
+        )
+    if isinstance(config, FedProxConfig):
+        return FedProx(mu=config.mu, aggregator=agg)
+    if isinstance(config, ScaffoldConfig):
+        return Scaffold(num_clients=num_clients, server_lr=config.server_lr, aggregator=agg)
+    if isinstance(config, FedNovaConfig):
+        return FedNova(momentum=local.momentum, aggregator=agg)
+    return FedAvg(aggregator=agg)
 
 
 def model_spec(config: ExperimentConfig, data: FederatedData) -> ModelSpec:
@@ -88,6 +153,8 @@ class Federation:
     strategy: Strategy
     local: LocalTraining
     cohort: int
+    malicious: frozenset[int] = frozenset()
+    straggler_policy: str = "drop"
 
 
 def prepare(config: ExperimentConfig) -> Federation:
@@ -112,15 +179,28 @@ def prepare(config: ExperimentConfig) -> Federation:
         count=config.server.clients_per_round,
         fraction=None if config.server.clients_per_round else (config.server.fraction or 1.0),
     )
+    malicious: frozenset[int] = frozenset()
+    y = data.train.y
+    if config.attack is not None:
+        malicious = malicious_clients(len(partition), config.attack.fraction, seed=config.seed)
+        if config.attack.kind == "label_flip":
+            rows = [torch.as_tensor(partition[k], dtype=torch.int64) for k in sorted(malicious)]
+            y = flip_labels(y, rows, data.num_classes)
+    strategy = make_strategy(config.strategy, num_clients=len(partition), local=local)
+    policy = config.system.policy
+    if policy == "auto":
+        policy = "partial" if strategy.accepts_partial_work else "drop"
     return Federation(
         config=config,
         data=data,
         partition=partition,
-        clients=ClientData.from_partition(data.train.x, data.train.y, partition),
+        clients=ClientData.from_partition(data.train.x, y, partition),
         spec=model_spec(config, data),
-        strategy=make_strategy(config.strategy),
+        strategy=strategy,
         local=local,
         cohort=cohort,
+        malicious=malicious,
+        straggler_policy=policy,
     )
 
 
@@ -134,21 +214,31 @@ class RunResult:
     seconds: float = 0.0
 
 
-def _accepted(
-    updates: Iterator[ClientUpdate], reference: Params, observer: Observer | None, tally: dict
+def _collect(
+    fed: Federation,
+    updates: Iterator[ClientUpdate],
+    task: ClientTask,
+    states: dict[int, Mapping[str, Params]],
+    observer: Observer | None,
+    tally: dict[str, Any],
 ) -> Iterator[ClientUpdate]:
-    """Check each update, drop rejected ones, and keep round totals in ``tally``."""
+    """The server side of a round's updates: keep each client's own state, let attackers
+    tamper, check every update, drop rejected ones and keep round totals in ``tally``."""
     for update in updates:
+        if update.client_state is not None:
+            states[update.client_id] = update.client_state
+        if update.client_id in fed.malicious and fed.config.attack is not None:
+            update = attack_update(update, task, fed.config.attack, seed=fed.config.seed)
         if observer is not None:
             observer.client_finished(update)
         try:
-            check_update(update, reference)
+            check_update(update, task.params)
         except UpdateRejected:
             tally["rejected"] += 1
             continue
         tally["clients"] += 1
         tally["samples"] += update.num_samples
-        tally["steps"] += update.num_steps
+        tally["examples"] += update.metrics.get("examples", 0)
         tally["loss"] += update.metrics.get("train_loss", 0.0) * update.num_samples
         yield update
 
@@ -177,6 +267,16 @@ def _client_eval(fed: Federation, model: torch.nn.Module, params: Params, client
     return {"client_eval_loss": loss / total, "client_eval_accuracy": acc / total}
 
 
+def _stragglers(fed: Federation, clients: np.ndarray, round: int) -> dict[int, int]:
+    """Step budgets of this round's stragglers (empty without system heterogeneity)."""
+    fraction = fed.config.system.stragglers
+    if not fraction:
+        return {}
+    sizes = fed.clients.sizes()
+    full = [fed.local.epochs * fed.local.steps_per_epoch(int(sizes[k])) for k in clients]
+    return straggler_budgets(clients, fraction, full, seed=fed.config.seed, round=round)
+
+
 def run(
     fed: Federation,
     *,
@@ -194,19 +294,27 @@ def run(
     engine = SequentialEngine(fed.spec, fed.clients, fed.local, seed=cfg.seed)
     test = fed.data.test
     result = RunResult(state=state, num_parameters=count_parameters(model))
+    client_states: dict[int, Mapping[str, Params]] = {}
     start = time.perf_counter()
     for r in range(1, cfg.rounds + 1):
         t0 = time.perf_counter()
         clients = sample_clients(fed.clients.num_clients, fed.cohort, seed=cfg.seed, round=r)
+        budgets = _stragglers(fed, clients, r)
+        tally: dict[str, Any] = dict.fromkeys(("clients", "rejected", "samples", "examples"), 0)
+        tally.update(loss=0.0, stragglers=len(budgets), dropped=0)
+        if fed.straggler_policy == "drop" and budgets:
+            clients = [k for k in clients if k not in budgets]
+            tally["dropped"], budgets = len(budgets), {}
         if observer is not None:
             observer.round_started(r, len(clients))
         task = fed.strategy.client_task(state)
-        tally = {"clients": 0, "rejected": 0, "samples": 0, "steps": 0, "loss": 0.0}
-        updates = _accepted(
-            engine.train_round(fed.strategy, task, clients), state.params, observer, tally
+        trained = engine.train_round(
+            fed.strategy, task, clients, states=client_states, max_steps=budgets
         )
         try:
-            state = fed.strategy.aggregate(state, updates)
+            state = fed.strategy.aggregate(
+                state, _collect(fed, trained, task, client_states, observer, tally)
+            )
         except FedgeError:
             if tally["rejected"]:
                 raise FedgeError(
@@ -222,9 +330,11 @@ def run(
             "train_loss": tally["loss"] / max(tally["samples"], 1),
             "clients": tally["clients"],
             "rejected": tally["rejected"],
+            "stragglers": tally["stragglers"],
+            "dropped": tally["dropped"],
             "samples": tally["samples"],
             "clients_per_second": tally["clients"] / train_seconds,
-            "samples_per_second": tally["samples"] * fed.local.epochs / train_seconds,
+            "samples_per_second": tally["examples"] / train_seconds,
         }
         if r % cfg.eval.every == 0 or r == cfg.rounds:
             loss, acc = evaluate(

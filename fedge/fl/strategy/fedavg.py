@@ -1,48 +1,22 @@
-"""Federated Averaging.
+"""Federated Averaging and its server-momentum variant.
 
 McMahan, Moore, Ramage, Hampson, Agüera y Arcas. "Communication-Efficient Learning of Deep
 Networks from Decentralized Data". AISTATS 2017.
+Hsu, Qi, Brown. "Measuring the Effects of Non-Identical Data Distribution for Federated
+Visual Classification". 2019 (FedAvgM).
 
 Each sampled client starts from the global model w, runs E epochs of minibatch SGD on its
 n_k examples and reports w_k; the new global model is Σ n_k·w_k / Σ n_k over the clients
-that reported.
+that reported. FedAvgM applies that average as a step of server SGD with momentum.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
-import torch
-
-from fedge.errors import FedgeError
+from fedge.fl.aggregators import Aggregator
+from fedge.fl.server_opt import ServerOptimizer
 from fedge.fl.strategy.base import Strategy
-from fedge.fl.types import ClientUpdate, Params, ServerState
 
-__all__ = ["FedAvg", "weighted_average"]
-
-
-def weighted_average(updates: Iterable[ClientUpdate]) -> tuple[Params, int, int]:
-    """Σ n_k·w_k / Σ n_k over ``updates`` with a running float64 sum.
-
-    Returns the average (in each parameter's original dtype), the number of updates and
-    Σ n_k. Raises :class:`FedgeError` when there is no update to average.
-    """
-    acc: dict[str, torch.Tensor] | None = None
-    dtypes: dict[str, torch.dtype] = {}
-    total = count = 0
-    for update in updates:
-        n = update.num_samples
-        if acc is None:
-            dtypes = {k: v.dtype for k, v in update.params.items()}
-            acc = {k: v.detach().to(torch.float64) * n for k, v in update.params.items()}
-        else:
-            for k, v in update.params.items():
-                acc[k].add_(v.detach().to(torch.float64), alpha=n)
-        total += n
-        count += 1
-    if acc is None or total == 0:
-        raise FedgeError("no client update to aggregate in this round")
-    return {k: (v / total).to(dtypes[k]) for k, v in acc.items()}, count, total
+__all__ = ["FedAvg", "FedAvgM"]
 
 
 class FedAvg(Strategy):
@@ -50,6 +24,28 @@ class FedAvg(Strategy):
 
     name = "fedavg"
 
-    def aggregate(self, state: ServerState, updates: Iterable[ClientUpdate]) -> ServerState:
-        params, _, _ = weighted_average(updates)
-        return ServerState(params=params, round=state.round + 1, extras=state.extras)
+
+class FedAvgM(Strategy):
+    """FedAvg with server momentum: v ← μ·v + Δ, w ← w + η·v.
+
+    Parameters
+    ----------
+    server_lr:
+        η, default 1.0.
+    server_momentum:
+        μ, default 0.9.
+    aggregator:
+        Combines client deltas (default weighted mean).
+    """
+
+    name = "fedavgm"
+
+    def __init__(
+        self,
+        *,
+        server_lr: float = 1.0,
+        server_momentum: float = 0.9,
+        aggregator: Aggregator | None = None,
+    ):
+        opt = ServerOptimizer("sgd", lr=server_lr, momentum=server_momentum)
+        super().__init__(aggregator=aggregator, server_optimizer=opt)
