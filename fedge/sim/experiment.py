@@ -187,6 +187,12 @@ def prepare(config: ExperimentConfig) -> Federation:
             rows = [torch.as_tensor(partition[k], dtype=torch.int64) for k in sorted(malicious)]
             y = flip_labels(y, rows, data.num_classes)
     strategy = make_strategy(config.strategy, num_clients=len(partition), local=local)
+    agg = config.strategy.aggregator
+    if isinstance(agg, KrumAggregator) and cohort <= 2 * agg.f + 2:
+        raise ConfigError(
+            f"{agg.name} with f={agg.f} needs more than {2 * agg.f + 2} clients per round, "
+            f"got {cohort}"
+        )
     policy = config.system.policy
     if policy == "auto":
         policy = "partial" if strategy.accepts_partial_work else "drop"
