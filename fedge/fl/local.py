@@ -10,7 +10,9 @@ the tests agree on it exactly:
 * At each step the gradient is that of the mean softmax cross-entropy over the batch, plus
   ``weight_decay · w``, plus the strategy's :meth:`~fedge.fl.strategy.Strategy.grad_correction`.
 * The update is PyTorch's SGD: ``buf = momentum·buf + g`` (``buf = g`` at the first step),
-  ``w ← w − lr·buf``; the momentum buffer starts at zero in every round.
+  ``w ← w − lr·buf``; the momentum buffer starts at zero in every round. Then the
+  strategy's :meth:`~fedge.fl.strategy.Strategy.step_correction` ``d`` moves
+  ``w ← w − lr·d``.
 """
 
 from __future__ import annotations
@@ -139,6 +141,11 @@ def train_client(
                 for name, p in named.items():
                     p.grad.add_(correction[name])
         optimizer.step()
+        drift = strategy.step_correction(named, task)
+        if drift is not None:
+            with torch.no_grad():
+                for name, p in named.items():
+                    p.sub_(drift[name], alpha=config.lr)
         loss_sum += loss.detach() * idx.shape[0]
         seen += idx.shape[0]
     update = ClientUpdate(

@@ -115,6 +115,44 @@ def test_grad_correction_of_the_strategy_is_applied_at_every_step(setup):
         torch.testing.assert_close(pulled.params[name], plain.params[name] - 0.1 * 2.0)
 
 
+class _ConstantDrift(Strategy):
+    """A strategy whose client half drifts every weight after each optimizer step."""
+
+    name = "drift"
+
+    def step_correction(self, params, task):
+        return {k: torch.full_like(v, 2.0) for k, v in params.items()}
+
+
+def test_step_correction_bypasses_momentum(setup):
+    spec, x, y = setup
+    ref = build_model(spec, seed=2)
+    w0 = get_params(ref)
+    cfg = LocalTraining(epochs=1, batch_size=10, lr=0.1, momentum=0.9)
+    drifted = train_client(
+        build_model(spec),
+        _ConstantDrift(),
+        ClientTask(1, w0),
+        x,
+        y,
+        cfg,
+        client_generator(0, 1, 0),
+    )
+    # the same steps by hand: SGD with momentum, then w -= lr * 2 outside the buffer
+    opt = torch.optim.SGD(ref.parameters(), lr=0.1, momentum=0.9)
+    order = torch.randperm(37, generator=client_generator(0, 1, 0))
+    for i in range(0, 37, 10):
+        idx = order[i : i + 10]
+        opt.zero_grad()
+        F.cross_entropy(ref(x[idx]), y[idx]).backward()
+        opt.step()
+        with torch.no_grad():
+            for p in ref.parameters():
+                p.sub_(0.2)
+    for name, p in ref.named_parameters():
+        torch.testing.assert_close(drifted.params[name], p.detach(), rtol=0, atol=1e-6)
+
+
 def test_client_streams_depend_on_seed_round_and_client():
     def draw(*key):
         return torch.randperm(100, generator=client_generator(*key))

@@ -107,9 +107,10 @@ def test_scaffold_corrects_each_step_by_c_minus_c_i(clients):
     c = {"w": torch.tensor([1.0, 2.0])}
     c_i = {"w": torch.tensor([0.5, -1.0])}
     task = ClientTask(2, {"w": torch.zeros(2)}, {"c": c}, {"c": c_i})
-    assert s.grad_correction({"w": torch.ones(2)}, task)["w"].tolist() == [0.5, 3.0]
+    assert s.step_correction({"w": torch.ones(2)}, task)["w"].tolist() == [0.5, 3.0]
     first = ClientTask(2, {"w": torch.zeros(2)}, {"c": c}, None)
-    assert s.grad_correction({"w": torch.ones(2)}, first)["w"].tolist() == [1.0, 2.0]
+    assert s.step_correction({"w": torch.ones(2)}, first)["w"].tolist() == [1.0, 2.0]
+    assert s.grad_correction({"w": torch.ones(2)}, task) is None
 
 
 def test_fedprox_correction_is_the_gradient_of_the_proximal_term():

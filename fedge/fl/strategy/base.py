@@ -7,9 +7,10 @@ Server half
     (weighted mean by default, or a robust rule) and applied by its
     :class:`ServerOptimizer` (w + Δ by default).
 Client half
-    :meth:`Strategy.grad_correction` is a term added to the loss gradient at every local
-    step, applied by the one local optimizer in :mod:`fedge.fl.local`, so no engine or
-    client can forget it; :meth:`Strategy.finish_client` adds what the client reports
+    :meth:`Strategy.grad_correction` (a term added to the loss gradient) and
+    :meth:`Strategy.step_correction` (a drift subtracted after the optimizer step) are
+    applied at every local step by the one local optimizer in :mod:`fedge.fl.local`, so
+    no engine or client can forget them; :meth:`Strategy.finish_client` adds what the client reports
     beyond its weights (e.g. SCAFFOLD's Δc) and its new own state.
 
 Methods are pure functions of their arguments: no I/O, no threads, and nothing stored on
@@ -106,6 +107,16 @@ class Strategy:
 
         ``params`` are the client's current weights. Must be a pure tensor function so
         that batched engines can vectorize it.
+        """
+        return None
+
+    def step_correction(self, params: Params, task: ClientTask) -> Params | None:
+        """A term subtracted from the weights, times the learning rate, after every local
+        optimizer step (``None``: nothing).
+
+        Unlike :meth:`grad_correction` it bypasses momentum and weight decay: a constant
+        drift such as SCAFFOLD's c − c_i would otherwise be amplified 1/(1 − momentum)
+        times. Same purity rules as :meth:`grad_correction`.
         """
         return None
 

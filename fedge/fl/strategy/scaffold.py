@@ -4,7 +4,8 @@ Karimireddy, Kale, Mohri, Reddi, Stich, Suresh. "SCAFFOLD: Stochastic Controlled
 for Federated Learning". ICML 2020, Algorithm 1 with option II.
 
 The server keeps a control variate c, each client its own c_i (zero at first). Every
-local step follows g(y) − c_i + c. After K local steps with learning rate η the client sets
+local step follows g(y) − c_i + c (the correction is applied outside the client's momentum,
+see :meth:`Scaffold.step_correction`). After K local steps with learning rate η the client sets
 c_i⁺ = c_i − c + (x − y)/(K·η) and reports Δy = y − x and Δc_i = c_i⁺ − c_i. The server
 moves x by η_g times the aggregated Δy (weighted by n_k, so that with zero control variates
 SCAFFOLD is FedAvg) and sets c ← c + (1/N)·Σ Δc_i over the |S| participants, N being the
@@ -71,8 +72,10 @@ class Scaffold(Strategy):
             round=state.round + 1, params=state.params, extras={"c": state.extras["c"]}
         )
 
-    def grad_correction(self, params: Params, task: ClientTask) -> Params | None:
-        """c − c_i."""
+    def step_correction(self, params: Params, task: ClientTask) -> Params | None:
+        """c − c_i, applied as y ← y − η·(c − c_i) after each local optimizer step (outside
+        momentum, as in NIID-Bench's implementation; identical to the paper's update for
+        plain SGD)."""
         c = task.extras["c"]
         if task.client_state is None:
             return c
