@@ -322,12 +322,17 @@ class EvalConfig(_Section):
 
 
 class ExperimentConfig(_Section):
-    """A whole federated simulation."""
+    """A whole federated simulation.
+
+    ``engine`` picks how clients run: ``sequential`` (the reference, one after another) or
+    ``vectorized`` (stacked chunks of clients with ``torch.func``; ``max_memory_mb`` bounds
+    a chunk). Both give the same model for the same seed."""
 
     name: str = "experiment"
     seed: int = 0
     rounds: PositiveInt
-    engine: Literal["sequential"] = "sequential"
+    engine: Literal["sequential", "vectorized"] = "sequential"
+    max_memory_mb: PositiveInt = 2048
     threads: PositiveInt | None = None
     data: DataConfig
     partition: PartitionConfig | None = None

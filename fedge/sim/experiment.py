@@ -58,12 +58,14 @@ from fedge.sim.adversity import (
 )
 from fedge.sim.engine import ClientData, SequentialEngine
 from fedge.sim.outputs import RunDirectory, peak_memory_mb
+from fedge.sim.vectorized import VectorizedEngine
 
 __all__ = [
     "Federation",
     "Observer",
     "RunResult",
     "make_aggregator",
+    "make_engine",
     "make_strategy",
     "prepare",
     "run",
@@ -273,6 +275,16 @@ def _client_eval(fed: Federation, model: torch.nn.Module, params: Params, client
     return {"client_eval_loss": loss / total, "client_eval_accuracy": acc / total}
 
 
+def make_engine(fed: Federation) -> SequentialEngine | VectorizedEngine:
+    """The engine the experiment's ``engine`` key names."""
+    cfg = fed.config
+    if cfg.engine == "vectorized":
+        return VectorizedEngine(
+            fed.spec, fed.clients, fed.local, seed=cfg.seed, max_memory=cfg.max_memory_mb * 2**20
+        )
+    return SequentialEngine(fed.spec, fed.clients, fed.local, seed=cfg.seed)
+
+
 def _stragglers(fed: Federation, clients: np.ndarray, round: int) -> dict[int, int]:
     """Step budgets of this round's stragglers (empty without system heterogeneity)."""
     fraction = fed.config.system.stragglers
@@ -297,7 +309,7 @@ def run(
     cfg = fed.config
     model = build_model(fed.spec, seed=cfg.seed)
     state = fed.strategy.init(dict(model.named_parameters()))
-    engine = SequentialEngine(fed.spec, fed.clients, fed.local, seed=cfg.seed)
+    engine = make_engine(fed)
     test = fed.data.test
     result = RunResult(state=state, num_parameters=count_parameters(model))
     client_states: dict[int, Mapping[str, Params]] = {}
