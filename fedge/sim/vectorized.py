@@ -1,11 +1,12 @@
-"""The vectorized engine: many clients' local SGD at once with ``torch.func``.
+"""The vectorized engine: many clients' local SGD at once.
 
-Each chunk of clients trains as one stacked model: parameters get a leading client axis,
-``vmap(grad(loss))`` computes every client's minibatch gradient in one call, and the SGD
-update (momentum, weight decay, the strategy's corrections) is applied to the whole stack.
-Clients with fewer examples or fewer local steps are handled by masking: a padded batch
-row has weight zero in its client's mean loss, and a client past its last step keeps its
-weights and momentum unchanged.
+Each chunk of clients trains as one stacked model (:mod:`fedge.models.stacked`): parameters
+get a leading client axis, one forward/backward pass gives every client's minibatch
+gradient, and the SGD update (momentum, weight decay, the strategy's corrections) is
+applied to the whole stack with foreach kernels. Clients of unequal size are handled by
+masking (a padded batch row has weight zero in its client's mean loss) and by sorting a
+chunk by step count, so that the clients still training are always a suffix of the stack
+and finished ones cost nothing.
 
 It computes exactly what :class:`~fedge.sim.engine.SequentialEngine` computes (same
 batches from the same per-client random streams, same update rule; see
@@ -23,12 +24,12 @@ from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
-from torch.func import functional_call, grad_and_value, vmap
 
 from fedge.fl.local import LocalTraining, client_generator
 from fedge.fl.strategy.base import Strategy
 from fedge.fl.types import ClientTask, ClientUpdate, Params
 from fedge.models.spec import ModelSpec, build_model
+from fedge.models.stacked import stacked_forward
 from fedge.sim.engine import ClientData
 
 __all__ = ["VectorizedEngine"]
@@ -63,25 +64,17 @@ class VectorizedEngine:
         self.data = data
         self.local = local
         self.seed = seed
-        self._model = build_model(spec)
+        self.spec = spec
         self._chunk = self._chunk_size(spec, max_memory)
-        self._step = vmap(grad_and_value(self._loss))
 
     def _chunk_size(self, spec: ModelSpec, max_memory: int) -> int:
-        params = sum(p.numel() for p in self._model.parameters())
+        params = sum(p.numel() for p in build_model(spec).parameters())
         batch = self.local.batch_size or int(self.data.sizes().max())
         activations = sum(math.prod(s) for s in spec.output_shapes()) * batch
         inputs = math.prod(spec.input_shape) * batch
         # weights, momentum, gradient, update temporaries; activations kept for backward
         per_client = 4 * (6 * params + 3 * activations + inputs)
         return max(1, int(max_memory // per_client))
-
-    def _loss(
-        self, params: Params, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor
-    ) -> torch.Tensor:
-        logits = functional_call(self._model, params, (x,))
-        losses = F.cross_entropy(logits, y, reduction="none")
-        return (losses * mask).sum() / mask.sum().clamp_min(1.0)
 
     def _batches(self, k: int, round: int, budget: int | None) -> torch.Tensor:
         """Row indices (into the pooled data) of client ``k``'s batches, ``(steps, B)``,
@@ -128,51 +121,57 @@ class VectorizedEngine:
         states: Mapping[int, Mapping[str, Params]],
     ) -> Iterator[ClientUpdate]:
         cfg = self.local
-        k_count = len(chunk)
-        steps = torch.tensor([plans[k].shape[0] for k in chunk])
+        count = len(chunk)
+        steps = torch.tensor([plans[k].shape[0] for k in chunk])  # ascending
         width = max(plans[k].shape[1] for k in chunk)
-        plan = torch.full((k_count, int(steps.max()), width), -1, dtype=torch.int64)
+        plan = torch.full((count, int(steps.max()), width), -1, dtype=torch.int64)
         for i, k in enumerate(chunk):
-            p = plans[k]
-            plan[i, : p.shape[0], : p.shape[1]] = p
-        params = {
-            n: t.detach().unsqueeze(0).repeat(k_count, *[1] * t.dim())
-            for n, t in task.params.items()
-        }
-        buf = {n: torch.zeros_like(t) for n, t in params.items()}
-        stacked = replace(task, client_state=_stack_states(chunk, states, task.params))
-        loss_sum = torch.zeros(k_count, dtype=torch.float64)
-        seen = torch.zeros(k_count, dtype=torch.int64)
+            plan[i, : plans[k].shape[0], : plans[k].shape[1]] = plans[k]
+        names = list(task.params)
+        weights = [task.params[n].detach().unsqueeze(0).repeat_interleave(count, 0) for n in names]
+        bufs = [torch.zeros_like(w) for w in weights]
+        own = _stack_states(chunk, states, task.params)
+        loss_sum = torch.zeros(count, dtype=torch.float64)
+        seen = torch.zeros(count, dtype=torch.int64)
         for t in range(int(steps.max())):
-            idx = plan[:, t]
+            # clients are sorted by step count: the ones still training are a suffix
+            a = int((steps <= t).sum())
+            idx = plan[a:, t]
             mask = (idx >= 0).to(self.data.x.dtype)
             safe = idx.clamp_min(0)
-            x, y = self.data.x[safe], self.data.y[safe]
-            grads, loss = self._step(params, x, y, mask)
-            active = (t < steps).to(mask.dtype)
+            live = [w[a:].detach().requires_grad_() for w in weights]
+            logits = stacked_forward(
+                self.spec, dict(zip(names, live, strict=True)), self.data.x[safe]
+            )
+            losses = F.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]),
+                self.data.y[safe].reshape(-1),
+                reduction="none",
+            ).view_as(mask)
+            n_valid = mask.sum(dim=1)
+            per_client = (losses * mask).sum(dim=1) / n_valid.clamp_min(1.0)
+            grads = list(torch.autograd.grad(per_client.sum(), live))
             with torch.no_grad():
-                correction = strategy.grad_correction(params, stacked)
-                for n, w in params.items():
-                    g = grads[n]
-                    if correction is not None:
-                        g = g + correction[n]
-                    if cfg.weight_decay:
-                        g = g + cfg.weight_decay * w
-                    on = active.view(-1, *[1] * (w.dim() - 1))
-                    buf[n] = torch.where(on > 0, cfg.momentum * buf[n] + g, buf[n])
-                    params[n] = w - cfg.lr * on * buf[n]
-                drift = strategy.step_correction(params, stacked)
+                w_live = [w[a:] for w in weights]
+                b_live = [b[a:] for b in bufs]
+                sliced = _slice_task(task, own, a)
+                correction = strategy.grad_correction(dict(zip(names, w_live, strict=True)), sliced)
+                if correction is not None:
+                    torch._foreach_add_(grads, [correction[n] for n in names])
+                if cfg.weight_decay:
+                    torch._foreach_add_(grads, w_live, alpha=cfg.weight_decay)
+                torch._foreach_mul_(b_live, cfg.momentum)
+                torch._foreach_add_(b_live, grads)
+                torch._foreach_add_(w_live, b_live, alpha=-cfg.lr)
+                drift = strategy.step_correction(dict(zip(names, w_live, strict=True)), sliced)
                 if drift is not None:
-                    for n, w in params.items():
-                        on = active.view(-1, *[1] * (w.dim() - 1))
-                        params[n] = w - cfg.lr * on * drift[n]
-            count = mask.sum(dim=1)
-            loss_sum += (loss.detach() * count * active).to(torch.float64)
-            seen += (count * active).to(torch.int64)
+                    torch._foreach_add_(w_live, [drift[n] for n in names], alpha=-cfg.lr)
+            loss_sum[a:] += (per_client.detach() * n_valid).to(torch.float64)
+            seen[a:] += n_valid.to(torch.int64)
         for i, k in enumerate(chunk):
             update = ClientUpdate(
                 client_id=k,
-                params={n: w[i].clone() for n, w in params.items()},
+                params={n: w[i].clone() for n, w in zip(names, weights, strict=True)},
                 num_samples=len(self.data.indices[k]),
                 num_steps=int(steps[i]),
                 metrics={
@@ -181,6 +180,15 @@ class VectorizedEngine:
                 },
             )
             yield strategy.finish_client(replace(task, client_state=states.get(k)), update, cfg)
+
+
+def _slice_task(task: ClientTask, own: dict[str, Params] | None, start: int) -> ClientTask:
+    """``task`` with the stacked client state of the clients from ``start`` on."""
+    if own is None:
+        return task
+    return replace(
+        task, client_state={key: {n: v[start:] for n, v in p.items()} for key, p in own.items()}
+    )
 
 
 def _stack_states(
