@@ -224,6 +224,14 @@ class KrumAggregator(_Section):
     m: PositiveInt | None = None
     clip_norm: PositiveFloat | None = None
 
+    @model_validator(mode="after")
+    def _m_for_multi_krum(self) -> KrumAggregator:
+        if self.name == "multi_krum" and self.m is None:
+            raise ValueError("multi_krum needs m, the number of updates to average")
+        if self.name == "krum" and self.m not in (None, 1):
+            raise ValueError("krum selects one update: use multi_krum for m > 1")
+        return self
+
 
 AggregatorConfig = Annotated[
     MeanAggregator | MedianAggregator | TrimmedMeanAggregator | KrumAggregator,

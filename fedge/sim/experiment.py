@@ -17,45 +17,23 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from fedge.config import (
-    AggregatorConfig,
-    ExperimentConfig,
-    FedAvgMConfig,
-    FedNovaConfig,
-    FedOptConfig,
-    FedProxConfig,
-    KrumAggregator,
-    MedianAggregator,
-    ScaffoldConfig,
-    StrategyConfig,
-    TrimmedMeanAggregator,
-)
+from fedge.config import ExperimentConfig, KrumAggregator
 from fedge.data.dataset import FederatedData
 from fedge.data.load import load_data, partition_data
 from fedge.errors import ConfigError, FedgeError, UpdateRejected
-from fedge.fl.aggregators import Aggregator, Krum, Median, NormBound, TrimmedMean, WeightedMean
 from fedge.fl.local import LocalTraining, evaluate
 from fedge.fl.pipeline import check_update
 from fedge.fl.sampling import clients_per_round, sample_clients
-from fedge.fl.strategy import (
-    FedAdagrad,
-    FedAdam,
-    FedAvg,
-    FedAvgM,
-    FedNova,
-    FedProx,
-    FedYogi,
-    Scaffold,
-    Strategy,
-)
+from fedge.fl.strategy import Strategy
 from fedge.fl.types import ClientTask, ClientUpdate, Params, ServerState
-from fedge.models.spec import ModelSpec, build_model, count_parameters, load_spec, preset_spec
+from fedge.models.spec import ModelSpec, build_model, count_parameters
 from fedge.sim.adversity import (
     attack_update,
     flip_labels,
     malicious_clients,
     straggler_budgets,
 )
+from fedge.sim.build import make_strategy, model_spec
 from fedge.sim.engine import ClientData, SequentialEngine
 from fedge.sim.outputs import RunDirectory, peak_memory_mb
 from fedge.sim.vectorized import VectorizedEngine
@@ -64,9 +42,7 @@ __all__ = [
     "Federation",
     "Observer",
     "RunResult",
-    "make_aggregator",
     "make_engine",
-    "make_strategy",
     "prepare",
     "run",
     "run_to_folder",
@@ -81,66 +57,6 @@ class Observer(Protocol):
     def client_finished(self, update: ClientUpdate) -> None: ...
 
     def round_finished(self, metrics: Mapping[str, Any]) -> None: ...
-
-
-def make_aggregator(config: AggregatorConfig) -> Aggregator:
-    """The aggregator a ``[strategy.aggregator]`` section names."""
-    inner: Aggregator
-    if isinstance(config, MedianAggregator):
-        inner = Median()
-    elif isinstance(config, TrimmedMeanAggregator):
-        inner = TrimmedMean(config.beta)
-    elif isinstance(config, KrumAggregator):
-        m = config.m if config.m is not None else (1 if config.name == "krum" else None)
-        if m is None:
-            raise ConfigError("multi_krum needs m, the number of updates to average")
-        inner = Krum(f=config.f, m=m)
-    else:
-        inner = WeightedMean()
-    return inner if config.clip_norm is None else NormBound(config.clip_norm, inner)
-
-
-def make_strategy(config: StrategyConfig, *, num_clients: int, local: LocalTraining) -> Strategy:
-    """The strategy object a ``[strategy]`` section names."""
-    agg = make_aggregator(config.aggregator)
-    if isinstance(config, FedAvgMConfig):
-        return FedAvgM(
-            server_lr=config.server_lr, server_momentum=config.server_momentum, aggregator=agg
-        )
-    if isinstance(config, FedOptConfig):
-        cls = {"fedadagrad": FedAdagrad, "fedadam": FedAdam, "fedyogi": FedYogi}[config.name]
-        return cls(
-            server_lr=config.server_lr,
-            beta1=config.beta1,
-            beta2=config.beta2,
-            tau=config.tau,
-            aggregator=agg,
-        )
-    if isinstance(config, FedProxConfig):
-        return FedProx(mu=config.mu, aggregator=agg)
-    if isinstance(config, ScaffoldConfig):
-        return Scaffold(num_clients=num_clients, server_lr=config.server_lr, aggregator=agg)
-    if isinstance(config, FedNovaConfig):
-        return FedNova(momentum=local.momentum, aggregator=agg)
-    return FedAvg(aggregator=agg)
-
-
-def model_spec(config: ExperimentConfig, data: FederatedData) -> ModelSpec:
-    """The model spec of an experiment, checked against the data's input shape."""
-    if config.model.spec is not None:
-        spec = load_spec(config.model.spec)
-        if tuple(spec.input_shape) != data.input_shape:
-            raise ConfigError(
-                f"model spec expects input {list(spec.input_shape)} but {data.name} examples "
-                f"have shape {list(data.input_shape)}"
-            )
-        return spec
-    return preset_spec(
-        config.model.preset or "logreg",
-        data.input_shape,
-        data.num_classes,
-        hidden=config.model.hidden,
-    )
 
 
 @dataclass(frozen=True)

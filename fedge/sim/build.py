@@ -1,0 +1,92 @@
+"""Objects an experiment config names: aggregator, strategy and model spec."""
+
+from __future__ import annotations
+
+from fedge.config import (
+    AggregatorConfig,
+    ExperimentConfig,
+    FedAvgMConfig,
+    FedNovaConfig,
+    FedOptConfig,
+    FedProxConfig,
+    KrumAggregator,
+    MedianAggregator,
+    ScaffoldConfig,
+    StrategyConfig,
+    TrimmedMeanAggregator,
+)
+from fedge.data.dataset import FederatedData
+from fedge.errors import ConfigError
+from fedge.fl.aggregators import Aggregator, Krum, Median, NormBound, TrimmedMean, WeightedMean
+from fedge.fl.local import LocalTraining
+from fedge.fl.strategy import (
+    FedAdagrad,
+    FedAdam,
+    FedAvg,
+    FedAvgM,
+    FedNova,
+    FedProx,
+    FedYogi,
+    Scaffold,
+    Strategy,
+)
+from fedge.models.spec import ModelSpec, load_spec, preset_spec
+
+__all__ = ["make_aggregator", "make_strategy", "model_spec"]
+
+
+def make_aggregator(config: AggregatorConfig) -> Aggregator:
+    """The aggregator a ``[strategy.aggregator]`` section names."""
+    inner: Aggregator
+    if isinstance(config, MedianAggregator):
+        inner = Median()
+    elif isinstance(config, TrimmedMeanAggregator):
+        inner = TrimmedMean(config.beta)
+    elif isinstance(config, KrumAggregator):
+        inner = Krum(f=config.f, m=config.m or 1)
+    else:
+        inner = WeightedMean()
+    return inner if config.clip_norm is None else NormBound(config.clip_norm, inner)
+
+
+def make_strategy(config: StrategyConfig, *, num_clients: int, local: LocalTraining) -> Strategy:
+    """The strategy object a ``[strategy]`` section names."""
+    agg = make_aggregator(config.aggregator)
+    if isinstance(config, FedAvgMConfig):
+        return FedAvgM(
+            server_lr=config.server_lr, server_momentum=config.server_momentum, aggregator=agg
+        )
+    if isinstance(config, FedOptConfig):
+        cls = {"fedadagrad": FedAdagrad, "fedadam": FedAdam, "fedyogi": FedYogi}[config.name]
+        return cls(
+            server_lr=config.server_lr,
+            beta1=config.beta1,
+            beta2=config.beta2,
+            tau=config.tau,
+            aggregator=agg,
+        )
+    if isinstance(config, FedProxConfig):
+        return FedProx(mu=config.mu, aggregator=agg)
+    if isinstance(config, ScaffoldConfig):
+        return Scaffold(num_clients=num_clients, server_lr=config.server_lr, aggregator=agg)
+    if isinstance(config, FedNovaConfig):
+        return FedNova(momentum=local.momentum, aggregator=agg)
+    return FedAvg(aggregator=agg)
+
+
+def model_spec(config: ExperimentConfig, data: FederatedData) -> ModelSpec:
+    """The model spec of an experiment, checked against the data's input shape."""
+    if config.model.spec is not None:
+        spec = load_spec(config.model.spec)
+        if tuple(spec.input_shape) != data.input_shape:
+            raise ConfigError(
+                f"model spec expects input {list(spec.input_shape)} but {data.name} examples "
+                f"have shape {list(data.input_shape)}"
+            )
+        return spec
+    return preset_spec(
+        config.model.preset or "logreg",
+        data.input_shape,
+        data.num_classes,
+        hidden=config.model.hidden,
+    )
