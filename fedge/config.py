@@ -332,14 +332,18 @@ class EvalConfig(_Section):
 class ExperimentConfig(_Section):
     """A whole federated simulation.
 
-    ``engine`` picks how clients run: ``sequential`` (the reference, one after another) or
+    ``engine`` picks how clients run: ``sequential`` (the reference, one after another),
     ``vectorized`` (stacked chunks of clients with ``torch.func``; ``max_memory_mb`` bounds
-    a chunk). Both give the same model for the same seed."""
+    a chunk) or ``ray`` (Ray worker actors: a local runtime, or the running cluster at
+    ``ray_address`` such as ``"auto"`` or ``"ray://host:port"``; ``ray_workers`` actors,
+    default one per CPU Ray reports). All give the same model for the same seed."""
 
     name: str = "experiment"
     seed: int = 0
     rounds: PositiveInt
-    engine: Literal["sequential", "vectorized"] = "sequential"
+    engine: Literal["sequential", "vectorized", "ray"] = "sequential"
+    ray_address: str | None = None
+    ray_workers: PositiveInt | None = None
     max_memory_mb: PositiveInt = 2048
     threads: PositiveInt | None = None
     data: DataConfig

@@ -90,3 +90,6 @@ class SequentialEngine:
                 client_id=k,
                 max_steps=max_steps.get(k) if max_steps else None,
             )
+
+    def close(self) -> None:
+        """Release nothing: this engine holds no outside resource (engines share the API)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,6 +37,7 @@ from fedge.sim.adversity import (
 from fedge.sim.build import make_strategy, model_spec
 from fedge.sim.engine import ClientData, SequentialEngine
 from fedge.sim.outputs import RunDirectory, peak_memory_mb
+from fedge.sim.ray_engine import RayEngine
 from fedge.sim.vectorized import VectorizedEngine
 
 __all__ = [
@@ -191,12 +193,21 @@ def _client_eval(fed: Federation, model: torch.nn.Module, params: Params, client
     return {"client_eval_loss": loss / total, "client_eval_accuracy": acc / total}
 
 
-def make_engine(fed: Federation) -> SequentialEngine | VectorizedEngine:
-    """The engine the experiment's ``engine`` key names."""
+def make_engine(fed: Federation) -> SequentialEngine | VectorizedEngine | RayEngine:
+    """The engine the experiment's ``engine`` key names (close it after use)."""
     cfg = fed.config
     if cfg.engine == "vectorized":
         return VectorizedEngine(
             fed.spec, fed.clients, fed.local, seed=cfg.seed, max_memory=cfg.max_memory_mb * 2**20
+        )
+    if cfg.engine == "ray":
+        return RayEngine(
+            fed.spec,
+            fed.clients,
+            fed.local,
+            seed=cfg.seed,
+            address=cfg.ray_address,
+            workers=cfg.ray_workers,
         )
     return SequentialEngine(fed.spec, fed.clients, fed.local, seed=cfg.seed)
 
@@ -220,12 +231,23 @@ def run(
     """Train ``fed.config.rounds`` rounds and return the final state and per-round metrics.
 
     ``on_round`` receives each round's metrics as soon as the round ends (the CLI appends
-    them to ``metrics.jsonl``).
+    them to ``metrics.jsonl``). The engine is closed at the end, also on failure.
     """
+    with closing(make_engine(fed)) as engine:
+        return _run_rounds(fed, engine, observer=observer, on_round=on_round)
+
+
+def _run_rounds(
+    fed: Federation,
+    engine: SequentialEngine | VectorizedEngine | RayEngine,
+    *,
+    observer: Observer | None,
+    on_round: Callable[[dict[str, Any]], None] | None,
+) -> RunResult:
+    """The rounds of :func:`run` on an open ``engine``."""
     cfg = fed.config
     model = build_model(fed.spec, seed=cfg.seed)
     state = fed.strategy.init(dict(model.named_parameters()))
-    engine = make_engine(fed)
     test = fed.data.test
     result = RunResult(state=state, num_parameters=count_parameters(model))
     client_states: dict[int, Mapping[str, Params]] = {}

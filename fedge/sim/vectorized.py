@@ -112,6 +112,9 @@ class VectorizedEngine:
             chunk = ordered[start : start + self._chunk]
             yield from self._train_chunk(strategy, task, chunk, plans, states or {})
 
+    def close(self) -> None:
+        """Release nothing: this engine holds no outside resource (engines share the API)."""
+
     def _train_chunk(
         self,
         strategy: Strategy,
