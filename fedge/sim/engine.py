@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -19,7 +20,29 @@ from fedge.fl.strategy.base import Strategy
 from fedge.fl.types import ClientTask, ClientUpdate, Params
 from fedge.models.spec import ModelSpec, build_model
 
-__all__ = ["ClientData", "SequentialEngine"]
+__all__ = ["ClientData", "Engine", "SequentialEngine"]
+
+
+class Engine(Protocol):
+    """What the simulation asks of an engine."""
+
+    name: str
+
+    def train_round(
+        self,
+        strategy: Strategy,
+        task: ClientTask,
+        clients: Sequence[int],
+        *,
+        states: Mapping[int, Mapping[str, Params]] | None = None,
+        max_steps: Mapping[int, int] | None = None,
+    ) -> Iterator[ClientUpdate]:
+        """One update per client in ``clients``, in any order, as each is ready."""
+        ...
+
+    def close(self) -> None:
+        """Release workers or other resources the engine holds."""
+        ...
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ from fedge.sim.adversity import (
     straggler_budgets,
 )
 from fedge.sim.build import make_strategy, model_spec
-from fedge.sim.engine import ClientData, SequentialEngine
+from fedge.sim.engine import ClientData, Engine, SequentialEngine
 from fedge.sim.outputs import RunDirectory, peak_memory_mb
 from fedge.sim.ray_engine import RayEngine
 from fedge.sim.vectorized import VectorizedEngine
@@ -193,7 +193,7 @@ def _client_eval(fed: Federation, model: torch.nn.Module, params: Params, client
     return {"client_eval_loss": loss / total, "client_eval_accuracy": acc / total}
 
 
-def make_engine(fed: Federation) -> SequentialEngine | VectorizedEngine | RayEngine:
+def make_engine(fed: Federation) -> Engine:
     """The engine the experiment's ``engine`` key names (close it after use)."""
     cfg = fed.config
     if cfg.engine == "vectorized":
@@ -239,7 +239,7 @@ def run(
 
 def _run_rounds(
     fed: Federation,
-    engine: SequentialEngine | VectorizedEngine | RayEngine,
+    engine: Engine,
     *,
     observer: Observer | None,
     on_round: Callable[[dict[str, Any]], None] | None,
