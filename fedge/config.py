@@ -333,7 +333,7 @@ class ExperimentConfig(_Section):
     """A whole federated simulation.
 
     ``engine`` picks how clients run: ``sequential`` (the reference, one after another),
-    ``vectorized`` (stacked chunks of clients with ``torch.func``; ``max_memory_mb`` bounds
+    ``vectorized`` (stacked chunks of clients in one model; ``max_memory_mb`` bounds
     a chunk) or ``ray`` (Ray worker actors: a local runtime, or the running cluster at
     ``ray_address`` such as ``"auto"`` or ``"ray://host:port"``; ``ray_workers`` actors,
     default one per CPU Ray reports). All give the same model for the same seed."""
