@@ -9,9 +9,14 @@ from __future__ import annotations
 __all__ = [
     "ConfigError",
     "DataError",
+    "ExportError",
     "FedgeError",
+    "ModelNotFound",
     "ModelSpecError",
+    "ObjectNotFound",
     "ProtocolError",
+    "RegistryError",
+    "StorageError",
     "UpdateRejected",
 ]
 
@@ -48,3 +53,29 @@ class ProtocolError(FedgeError):
 
 class UpdateRejected(ProtocolError):
     """A client update was refused (wrong shapes, non-finite values, ...)."""
+
+
+class StorageError(FedgeError):
+    """The object store refused or failed an operation (bad key, I/O error, no access)."""
+
+    exit_code = 6
+
+
+class ObjectNotFound(StorageError):
+    """No object is stored under the requested key."""
+
+
+class RegistryError(FedgeError):
+    """A model registry operation is invalid (bad name, missing file, corrupt manifest)."""
+
+    exit_code = 7
+
+
+class ModelNotFound(RegistryError):
+    """The registry has no such model, version or alias."""
+
+
+class ExportError(FedgeError):
+    """A model could not be exported, or the exported model disagrees with PyTorch."""
+
+    exit_code = 8

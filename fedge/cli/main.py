@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import functools
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -21,7 +19,9 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from fedge.errors import ConfigError, FedgeError
+from fedge.cli.common import console, friendly
+from fedge.cli.models import models_app
+from fedge.errors import ConfigError
 
 app = typer.Typer(
     help="fedge: federated and centralized training on edge data.",
@@ -31,29 +31,7 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Inspect and fetch datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
-
-console = Console()
-err_console = Console(stderr=True)
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _friendly(func: F) -> F:
-    """Turn a FedgeError into one line on stderr and its exit code."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except FedgeError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-            raise typer.Exit(exc.exit_code) from None
-        except KeyboardInterrupt:
-            err_console.print("[bold red]interrupted[/]")
-            raise typer.Exit(130) from None
-
-    return wrapper  # type: ignore[return-value]
-
+app.add_typer(models_app, name="models")
 
 SetOption = Annotated[
     list[str] | None,
@@ -101,7 +79,7 @@ def _progress() -> Progress:
 
 
 @app.command()
-@_friendly
+@friendly
 def simulate(
     config: Annotated[Path, typer.Argument(help="Experiment file (TOML).")],
     overrides: SetOption = None,
@@ -138,7 +116,7 @@ def simulate(
 
 
 @data_app.command("describe")
-@_friendly
+@friendly
 def describe(
     config: Annotated[
         Path | None, typer.Argument(help="Experiment file whose [data]/[partition] to use.")
@@ -184,7 +162,7 @@ def describe(
 
 
 @data_app.command("download")
-@_friendly
+@friendly
 def download(
     dataset: Annotated[str, typer.Argument(help="Dataset to fetch: fashion-mnist.")],
     dest: Annotated[Path, typer.Option(help="Folder to download into.")] = Path(

@@ -145,3 +145,13 @@ def test_every_command_has_help(command):
     result = runner.invoke(app, [*command, "--help"])
     assert result.exit_code == 0
     assert "Usage" in result.output
+
+
+def test_error_text_in_square_brackets_is_printed_verbatim(tmp_path):
+    cfg = tmp_path / "exp.toml"
+    cfg.write_text(
+        'rounds = 1\n[data]\nname = "leaf"\npath = "[red]x[/]"\n[model]\npreset = "logreg"\n'
+    )
+    result = runner.invoke(app, ["simulate", str(cfg), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 3
+    assert "[red]x[/]" in result.output
