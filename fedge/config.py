@@ -56,6 +56,7 @@ __all__ = [
     "load_config",
     "parse_config",
     "parse_section",
+    "read_toml",
 ]
 
 
@@ -417,13 +418,17 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Read a TOML experiment file, apply overrides and validate it."""
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """The parsed TOML file at ``path``; raises :class:`ConfigError` with one line."""
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
-    return parse_config(apply_overrides(data, overrides or []), str(path))
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read a TOML experiment file, apply overrides and validate it."""
+    return parse_config(apply_overrides(read_toml(path), overrides or []), str(path))
