@@ -53,6 +53,7 @@ from fedge.errors import ConfigError
 __all__ = [
     "ExperimentConfig",
     "apply_overrides",
+    "describe_validation_error",
     "load_config",
     "parse_config",
     "parse_section",
@@ -361,7 +362,8 @@ class ExperimentConfig(_Section):
 # --- loading ----------------------------------------------------------------------------
 
 
-def _one_line(exc: ValidationError) -> str:
+def describe_validation_error(exc: ValidationError) -> str:
+    """One line naming each invalid key and what is wrong with it."""
     parts = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))
@@ -369,8 +371,8 @@ def _one_line(exc: ValidationError) -> str:
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
         elif err["type"] == "union_tag_invalid":
-            msg = f"unknown choice {err['input'].get(err['ctx']['discriminator'].strip(chr(39)))!r}"
-            msg += f" (expected one of {err['ctx']['expected_tags']})"
+            ctx = err["ctx"]
+            msg = f"unknown choice {ctx['tag']!r} (expected one of {ctx['expected_tags']})"
         elif "input" in err and not isinstance(err["input"], dict):
             msg += f" (got {err['input']!r})"
         parts.append(f"{loc}: {msg}" if loc else msg)
@@ -382,7 +384,7 @@ def parse_config(data: dict[str, Any], source: str = "config") -> ExperimentConf
     try:
         return ExperimentConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(f"invalid {source}: {_one_line(exc)}") from None
+        raise ConfigError(f"invalid {source}: {describe_validation_error(exc)}") from None
 
 
 def parse_section(name: str, value: Any) -> Any:
@@ -391,7 +393,7 @@ def parse_section(name: str, value: Any) -> Any:
     try:
         return adapter.validate_python(value)
     except ValidationError as exc:
-        raise ConfigError(f"invalid [{name}]: {_one_line(exc)}") from None
+        raise ConfigError(f"invalid [{name}]: {describe_validation_error(exc)}") from None
 
 
 def _parse_value(text: str) -> Any:
