@@ -1,7 +1,12 @@
-"""fedge: federated and centralized training of models on data that lives on edge devices."""
+"""fedge: federated and centralized training of models on data that lives on edge devices.
 
-from fedge.config import ExperimentConfig, load_config
-from fedge.data.dataset import ArrayDataset, FederatedData
+The public API is importable from here; submodules load on first use, so that
+``import fedge`` stays cheap and the torch-free parts (the edge app) work without torch.
+"""
+
+from typing import TYPE_CHECKING
+
+from fedge._lazy import lazy_exports
 from fedge.errors import (
     ConfigError,
     DataError,
@@ -10,12 +15,40 @@ from fedge.errors import (
     ProtocolError,
     UpdateRejected,
 )
-from fedge.fl.local import LocalTraining, evaluate, train_client
-from fedge.fl.strategy import FedAvg, Strategy
-from fedge.fl.types import ClientTask, ClientUpdate, Params, ServerState
-from fedge.models.spec import ModelSpec, build_model, load_spec, preset_spec
 
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "ExperimentConfig": "fedge.config",
+    "load_config": "fedge.config",
+    "ArrayDataset": "fedge.data.dataset",
+    "FederatedData": "fedge.data.dataset",
+    "LocalTraining": "fedge.fl.local",
+    "evaluate": "fedge.fl.local",
+    "train_client": "fedge.fl.local",
+    "FedAvg": "fedge.fl.strategy",
+    "FedAvgM": "fedge.fl.strategy",
+    "FedAdagrad": "fedge.fl.strategy",
+    "FedAdam": "fedge.fl.strategy",
+    "FedYogi": "fedge.fl.strategy",
+    "FedProx": "fedge.fl.strategy",
+    "FedNova": "fedge.fl.strategy",
+    "Scaffold": "fedge.fl.strategy",
+    "Strategy": "fedge.fl.strategy",
+    "ClientTask": "fedge.fl.types",
+    "ClientUpdate": "fedge.fl.types",
+    "Params": "fedge.fl.types",
+    "ServerState": "fedge.fl.types",
+    "ModelSpec": "fedge.models.spec",
+    "build_model": "fedge.models.spec",
+    "load_spec": "fedge.models.spec",
+    "preset_spec": "fedge.models.spec",
+    "prepare": "fedge.sim.experiment",
+    "run": "fedge.sim.experiment",
+    "run_to_folder": "fedge.sim.experiment",
+}
+
+__getattr__ = lazy_exports(__name__, _EXPORTS)
 
 __all__ = [
     "ArrayDataset",
@@ -24,7 +57,13 @@ __all__ = [
     "ConfigError",
     "DataError",
     "ExperimentConfig",
+    "FedAdagrad",
+    "FedAdam",
     "FedAvg",
+    "FedAvgM",
+    "FedNova",
+    "FedProx",
+    "FedYogi",
     "FederatedData",
     "FedgeError",
     "LocalTraining",
@@ -32,6 +71,7 @@ __all__ = [
     "ModelSpecError",
     "Params",
     "ProtocolError",
+    "Scaffold",
     "ServerState",
     "Strategy",
     "UpdateRejected",
@@ -40,6 +80,28 @@ __all__ = [
     "evaluate",
     "load_config",
     "load_spec",
+    "prepare",
     "preset_spec",
+    "run",
+    "run_to_folder",
     "train_client",
 ]
+
+if TYPE_CHECKING:
+    from fedge.config import ExperimentConfig, load_config
+    from fedge.data.dataset import ArrayDataset, FederatedData
+    from fedge.fl.local import LocalTraining, evaluate, train_client
+    from fedge.fl.strategy import (
+        FedAdagrad,
+        FedAdam,
+        FedAvg,
+        FedAvgM,
+        FedNova,
+        FedProx,
+        FedYogi,
+        Scaffold,
+        Strategy,
+    )
+    from fedge.fl.types import ClientTask, ClientUpdate, Params, ServerState
+    from fedge.models.spec import ModelSpec, build_model, load_spec, preset_spec
+    from fedge.sim.experiment import prepare, run, run_to_folder

@@ -16,7 +16,10 @@ __all__ = [
     "ObjectNotFound",
     "ProtocolError",
     "RegistryError",
+    "RequestRejected",
+    "ServingError",
     "StorageError",
+    "TrainingError",
     "UpdateRejected",
 ]
 
@@ -79,3 +82,25 @@ class ExportError(FedgeError):
     """A model could not be exported, or the exported model disagrees with PyTorch."""
 
     exit_code = 8
+
+
+class ServingError(FedgeError):
+    """The inference server or the edge app cannot do what was asked (server unreachable,
+    request refused, no model cached yet)."""
+
+    exit_code = 9
+
+
+class RequestRejected(ServingError):
+    """A request to the inference server is malformed, too large, or names an unknown
+    model; ``status`` is the HTTP status code it is answered with (4xx)."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
+
+
+class TrainingError(FedgeError):
+    """A training job failed while running (diverged, or a worker process died)."""
+
+    exit_code = 10

@@ -20,7 +20,10 @@ from rich.progress import (
 )
 
 from fedge.cli.common import console, friendly
+from fedge.cli.edge import edge_app
 from fedge.cli.models import models_app
+from fedge.cli.serve import serve
+from fedge.cli.train import data_upload, data_versions, train
 from fedge.errors import ConfigError
 
 app = typer.Typer(
@@ -32,6 +35,11 @@ app = typer.Typer(
 data_app = typer.Typer(help="Inspect and fetch datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(models_app, name="models")
+app.command("serve")(serve)
+app.add_typer(edge_app, name="edge")
+app.command("train")(train)
+data_app.command("upload")(data_upload)
+data_app.command("versions")(data_versions)
 
 SetOption = Annotated[
     list[str] | None,

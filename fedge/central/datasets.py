@@ -1,0 +1,340 @@
+"""Datasets in the object store: immutable numbered versions, appendable with new samples.
+
+A dataset version is one content-addressed ``.npz`` blob and a small JSON manifest::
+
+    datasets/<name>/versions/<n>.json    manifest of version n: created once, never rewritten
+    blobs/sha256/<hex>                   the arrays, by content
+
+The blob holds ``x`` and ``y`` (the training examples) and, when the source has one, a
+fixed test split ``x_test`` and ``y_test``. ``x`` is float (images scaled to [0, 1]) or
+int64 token ids, shaped ``(N, *input_shape)``; ``y`` holds int64 labels in
+``0 .. num_classes-1``. The ``.npz`` is written byte for byte the same for the same arrays
+(fixed zip timestamps, no compression), so uploading the same data twice stores it once.
+
+Devices add data by appending: a new version is its parent's arrays followed by the new
+samples (training samples to ``x``/``y``, test samples, if any, to the test split). The
+new samples must match the parent's example shape and dtypes and its label range; every
+upload refuses non-finite features, labels out of range and mismatched lengths before
+anything is written. Version numbers are allocated as in the model registry: the manifest
+of ``max + 1`` is created with the store's create-if-absent write, and a writer that loses
+a race takes the next number. A version is referred to as ``name@n`` (:attr:`ref`).
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, NonNegativeInt, PositiveInt, ValidationError
+
+from fedge.central.dataset_arrays import DatasetArrays, check_split, read_npz, write_npz
+from fedge.central.storage.base import ObjectStore, blob_key, file_sha256
+from fedge.data.dataset import FederatedData
+from fedge.errors import DataError, ObjectNotFound, StorageError
+
+__all__ = [
+    "DatasetArrays",
+    "DatasetStore",
+    "DatasetVersion",
+    "SplitInfo",
+    "parse_dataset_ref",
+    "read_npz",
+    "validate",
+]
+
+LATEST = "latest"
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+_MAX_ATTEMPTS = 1000
+
+
+class SplitInfo(BaseModel):
+    """Shapes and dtypes of one split as stored."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    x_shape: list[NonNegativeInt]
+    x_dtype: str
+    y_shape: list[NonNegativeInt]
+    y_dtype: str
+    class_counts: list[NonNegativeInt]
+
+
+class DatasetVersion(BaseModel):
+    """The manifest of one dataset version (immutable once created)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    format: Literal[1] = 1
+    name: str
+    version: PositiveInt
+    created_at: datetime
+    sha256: str
+    size: NonNegativeInt
+    num_classes: PositiveInt
+    input_shape: list[PositiveInt]
+    train: SplitInfo
+    test: SplitInfo | None = None
+    parent: PositiveInt | None = None
+    appended: NonNegativeInt | None = None
+    source: str | None = None
+
+    @property
+    def ref(self) -> str:
+        """``name@version``, the string training jobs and the model registry record."""
+        return f"{self.name}@{self.version}"
+
+    @property
+    def num_train(self) -> int:
+        return self.train.x_shape[0]
+
+    @property
+    def num_test(self) -> int:
+        return self.test.x_shape[0] if self.test is not None else 0
+
+
+def parse_dataset_ref(text: str) -> tuple[str, str]:
+    """Split ``name@version`` (or a bare ``name``, meaning the latest) into its parts."""
+    name, _, version = text.partition("@")
+    return name, version or LATEST
+
+
+def _check_name(name: str) -> str:
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise DataError(
+            f"invalid dataset name {name!r}: use 1-100 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def validate(arrays: DatasetArrays, parent: DatasetVersion | None = None) -> DatasetArrays:
+    """Check ``arrays`` (and, when appending, their fit to ``parent``); labels become int64.
+
+    Raises :class:`DataError` for mismatched lengths, non-finite features, labels out of
+    range, a test split without its other half, and, against a parent, a different example
+    shape or feature dtype.
+    """
+    if arrays.num_classes < 1:
+        raise DataError(f"the number of classes must be positive, got {arrays.num_classes}")
+    if (arrays.x_test is None) != (arrays.y_test is None):
+        raise DataError("a test split needs both x_test and y_test")
+    what = "new samples" if parent is not None else "training split"
+    x, y = check_split(arrays.x, arrays.y, arrays.num_classes, what)
+    x_test, y_test = arrays.x_test, arrays.y_test
+    if x_test is not None and y_test is not None:
+        what = "new test samples" if parent is not None else "test split"
+        x_test, y_test = check_split(x_test, y_test, arrays.num_classes, what)
+        if x_test.shape[1:] != x.shape[1:] or x_test.dtype != x.dtype:
+            raise DataError(
+                f"test examples are {x_test.dtype} {list(x_test.shape[1:])}, training "
+                f"examples {x.dtype} {list(x.shape[1:])}"
+            )
+    if parent is not None:
+        if list(x.shape[1:]) != parent.input_shape or str(x.dtype) != parent.train.x_dtype:
+            raise DataError(
+                f"new samples are {x.dtype} with example shape {list(x.shape[1:])}, but "
+                f"{parent.ref} holds {parent.train.x_dtype} {parent.input_shape}"
+            )
+        if x.shape[0] == 0 and (y_test is None or y_test.shape[0] == 0):
+            raise DataError("no new samples to append")
+    elif x.shape[0] == 0:
+        raise DataError("a dataset needs at least one training example")
+    return DatasetArrays(x, y, arrays.num_classes, x_test, y_test)
+
+
+def _split_info(x: np.ndarray, y: np.ndarray, num_classes: int) -> SplitInfo:
+    return SplitInfo(
+        x_shape=list(x.shape),
+        x_dtype=str(x.dtype),
+        y_shape=list(y.shape),
+        y_dtype=str(y.dtype),
+        class_counts=np.bincount(y, minlength=num_classes).tolist(),
+    )
+
+
+class DatasetStore:
+    """Versioned datasets kept in an object store.
+
+    Parameters
+    ----------
+    store:
+        The object store (a folder or an S3 prefix); it can hold the model registry too.
+    """
+
+    def __init__(self, store: ObjectStore):
+        self.store = store
+
+    def _prefix(self, name: str) -> str:
+        return f"datasets/{_check_name(name)}/versions/"
+
+    def version_numbers(self, name: str) -> list[int]:
+        """Version numbers of ``name``, ascending (empty for an unknown dataset)."""
+        prefix = self._prefix(name)
+        numbers = []
+        for key in self.store.list(prefix):
+            stem = key[len(prefix) :].removesuffix(".json")
+            if stem.isdigit() and key.endswith(".json"):
+                numbers.append(int(stem))
+        return sorted(numbers)
+
+    def list_datasets(self) -> list[str]:
+        """Names of all datasets with at least one version, sorted."""
+        names = set()
+        for key in self.store.list("datasets/"):
+            parts = key.split("/")
+            if len(parts) == 4 and parts[2] == "versions":
+                names.add(parts[1])
+        return sorted(names)
+
+    def _unknown(self, name: str) -> DataError:
+        known = self.list_datasets()
+        hint = f"datasets: {', '.join(known)}" if known else "no datasets uploaded yet"
+        return DataError(f"unknown dataset {name!r} in {self.store.url} ({hint})")
+
+    def versions(self, name: str) -> list[DatasetVersion]:
+        """Every version of ``name``, oldest first."""
+        numbers = self.version_numbers(name)
+        if not numbers:
+            raise self._unknown(name)
+        return [self._read(name, n) for n in numbers]
+
+    def get(self, name: str, version: int | str | None = None) -> DatasetVersion:
+        """Version ``version`` of ``name`` (a number, ``"3"``, or ``None``/``"latest"``)."""
+        numbers = self.version_numbers(name)
+        if not numbers:
+            raise self._unknown(name)
+        if version is None or version == LATEST:
+            return self._read(name, numbers[-1])
+        if isinstance(version, str) and not version.isdigit():
+            raise DataError(f"a dataset version is a number or 'latest', got {version!r}")
+        number = int(version)
+        if number not in numbers:
+            raise DataError(
+                f"dataset {name!r} has no version {number} "
+                f"(versions: {', '.join(map(str, numbers))})"
+            )
+        return self._read(name, number)
+
+    def _read(self, name: str, number: int) -> DatasetVersion:
+        key = f"{self._prefix(name)}{number}.json"
+        try:
+            return DatasetVersion.model_validate_json(self.store.get_bytes(key))
+        except ValidationError as exc:
+            raise DataError(f"manifest {key} in {self.store.url} is corrupt: {exc}") from None
+
+    def load(self, version: DatasetVersion) -> DatasetArrays:
+        """The arrays of ``version``, checked against its content hash."""
+        with tempfile.TemporaryDirectory(prefix="fedge-dataset-") as tmp:
+            path = Path(tmp) / "data.npz"
+            try:
+                self.store.get_file(blob_key(version.sha256), path)
+            except ObjectNotFound:
+                raise DataError(f"the arrays of {version.ref} are missing from the store") from None
+            if file_sha256(path) != version.sha256:
+                raise StorageError(f"the arrays of {version.ref} are corrupt: their hash differs")
+            with np.load(path, allow_pickle=False) as npz:
+                arrays = {key: npz[key] for key in npz.files}
+        return DatasetArrays(
+            x=arrays["x"],
+            y=arrays["y"],
+            num_classes=version.num_classes,
+            x_test=arrays.get("x_test"),
+            y_test=arrays.get("y_test"),
+        )
+
+    def load_data(self, version: DatasetVersion) -> FederatedData:
+        """``version`` as a :class:`FederatedData`, ready for training."""
+        return self.load(version).to_data(version.ref)
+
+    def upload(
+        self, name: str, arrays: DatasetArrays, *, source: str | None = None
+    ) -> DatasetVersion:
+        """Store ``arrays`` as the next version of ``name`` (creating the dataset if new).
+
+        Parameters
+        ----------
+        name:
+            Dataset name: 1-100 letters, digits, ``.``, ``_`` or ``-``.
+        arrays:
+            The whole dataset (validated first: see :func:`validate`).
+        source:
+            Where the data came from, recorded in the manifest.
+        """
+        _check_name(name)
+        return self._commit(name, validate(arrays), source=source)
+
+    def append(
+        self,
+        name: str,
+        new: DatasetArrays,
+        *,
+        parent: int | str | None = None,
+        source: str | None = None,
+    ) -> DatasetVersion:
+        """Store version ``parent`` of ``name`` (default the latest) followed by the samples
+        ``new`` as the next version; the parent stays as it was."""
+        base = self.get(name, parent)
+        new = validate(DatasetArrays(new.x, new.y, base.num_classes, new.x_test, new.y_test), base)
+        old = self.load(base)
+        x_test, y_test = old.x_test, old.y_test
+        if new.x_test is not None and new.y_test is not None:
+            if x_test is None or y_test is None:
+                x_test, y_test = new.x_test, new.y_test
+            else:
+                x_test = np.concatenate([x_test, new.x_test])
+                y_test = np.concatenate([y_test, new.y_test])
+        merged = DatasetArrays(
+            x=np.concatenate([old.x, new.x]),
+            y=np.concatenate([old.y, new.y]),
+            num_classes=base.num_classes,
+            x_test=x_test,
+            y_test=y_test,
+        )
+        appended = len(new.y) + (len(new.y_test) if new.y_test is not None else 0)
+        return self._commit(name, merged, source=source, parent=base.version, appended=appended)
+
+    def _commit(
+        self,
+        name: str,
+        arrays: DatasetArrays,
+        *,
+        source: str | None,
+        parent: int | None = None,
+        appended: int | None = None,
+    ) -> DatasetVersion:
+        contents = {"x": arrays.x, "y": arrays.y}
+        test = None
+        if arrays.x_test is not None and arrays.y_test is not None:
+            contents |= {"x_test": arrays.x_test, "y_test": arrays.y_test}
+            test = _split_info(arrays.x_test, arrays.y_test, arrays.num_classes)
+        with tempfile.TemporaryDirectory(prefix="fedge-dataset-") as tmp:
+            path = Path(tmp) / "data.npz"
+            write_npz(contents, path)
+            digest = self.store.put_blob_file(path)
+            size = path.stat().st_size
+        fields: dict[str, Any] = {
+            "name": name,
+            "sha256": digest,
+            "size": size,
+            "num_classes": arrays.num_classes,
+            "input_shape": list(arrays.input_shape),
+            "train": _split_info(arrays.x, arrays.y, arrays.num_classes),
+            "test": test,
+            "parent": parent,
+            "appended": appended,
+            "source": source,
+        }
+        for _ in range(_MAX_ATTEMPTS):
+            version = DatasetVersion(
+                version=(self.version_numbers(name) or [0])[-1] + 1,
+                created_at=datetime.now(UTC),
+                **fields,
+            )
+            key = f"{self._prefix(name)}{version.version}.json"
+            if self.store.put_if_absent(key, version.model_dump_json(indent=2).encode()):
+                return version
+        raise StorageError(f"no free version number for dataset {name!r}")

@@ -1,0 +1,325 @@
+"""The models a server holds: registry versions loaded into onnxruntime, and the alias
+watch that swaps in a newly promoted version without a restart.
+
+A served model is named by the registry and reached through an alias (``production`` by
+default). The pool keeps, per model name, which version the alias pointed at when it last
+looked, and the loaded versions themselves (an onnxruntime session with its own micro-
+batcher). Requests never touch the registry once a model is loaded: they read a dict.
+
+**Hot swap.** :meth:`ModelPool.watch` re-reads the alias of every model the pool serves
+every ``poll`` seconds (two small object reads per model, the alias and the manifest it
+names, in a thread). When it points at a new version, that version is loaded and warmed
+up first, and only then does the pool's dict entry change, in one step on the event loop:
+requests that arrive after it get the new version, requests already queued on the old
+version's batcher are still answered by it, and none is dropped. A promotion is therefore
+served within ``poll`` seconds plus the load time (milliseconds for small models).
+
+Versions asked for by number (``/v2/models/{name}/versions/{n}/...``) are loaded on
+demand too; at most ``keep`` versions that no alias currently points at stay loaded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+import re
+import zipfile
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from fedge.central.export import ONNX_FILE
+from fedge.central.registry import LATEST, SPEC_FILE, ModelRegistry, ModelVersion, check_alias
+from fedge.central.serving.batcher import MicroBatcher
+from fedge.errors import ModelNotFound, RegistryError, RequestRejected
+
+__all__ = ["BUNDLE_MANIFEST", "LoadedModel", "ModelPool", "bundle_zip"]
+
+log = logging.getLogger("fedge.serve")
+
+BUNDLE_MANIFEST = "version.json"
+# A fixed timestamp makes the zip of a version the same bytes on every server.
+_ZIP_TIME = (2020, 1, 1, 0, 0, 0)
+# The registry's rule for model names: a name outside it cannot exist.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def bundle_zip(version: ModelVersion, files: dict[str, bytes]) -> bytes:
+    """The download bundle of ``version``: ``model.onnx``, ``model.json`` and
+    ``version.json`` (name, version, creation time, file hashes, metrics, data version) in
+    a zip whose bytes depend only on the contents."""
+    manifest = {
+        "name": version.name,
+        "version": version.version,
+        "created_at": version.created_at.isoformat(),
+        "files": {name: ref.sha256 for name, ref in version.files.items() if name in files},
+        "metrics": version.metrics,
+        "data_version": version.data_version,
+    }
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        entries = {**files, BUNDLE_MANIFEST: json.dumps(manifest, indent=2).encode()}
+        for name, data in sorted(entries.items()):
+            info = zipfile.ZipInfo(name, date_time=_ZIP_TIME)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = 0o644 << 16
+            zf.writestr(info, data)
+    return out.getvalue()
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """One registry version, ready to answer requests."""
+
+    version: ModelVersion
+    input_name: str
+    input_shape: tuple[int, ...]
+    num_classes: int
+    onnx: bytes
+    bundle: bytes
+    batcher: MicroBatcher
+
+    @property
+    def name(self) -> str:
+        return self.version.name
+
+    @property
+    def number(self) -> int:
+        return self.version.version
+
+    @property
+    def etag(self) -> str:
+        """The SHA-256 of ``model.onnx``: what identifies the frozen model on a device."""
+        return self.version.files[ONNX_FILE].sha256
+
+
+class ModelPool:
+    """Loaded versions of registry models, found through ``alias``.
+
+    Parameters
+    ----------
+    registry:
+        Where models come from.
+    executor:
+        The thread pool that runs onnxruntime (shared by every model's batcher).
+    alias:
+        The alias to serve (default ``"production"``).
+    max_batch_rows, max_delay:
+        Micro-batching limits: rows per onnxruntime call (default 64) and seconds a request
+        waits for others to join it (default 0.002).
+    threads:
+        onnxruntime's intra-op threads per session (default 1).
+    keep:
+        Versions loaded by number, beyond the aliased ones, kept in memory (default 4).
+    in_flight:
+        Inference requests the server is handling (see :class:`MicroBatcher`).
+    """
+
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        executor: Executor,
+        *,
+        alias: str = "production",
+        max_batch_rows: int = 64,
+        max_delay: float = 0.002,
+        threads: int = 1,
+        keep: int = 4,
+        in_flight: Callable[[], int] | None = None,
+    ):
+        self.registry = registry
+        self.executor = executor
+        self.alias = alias
+        self.max_batch_rows = max_batch_rows
+        self.max_delay = max_delay
+        self.threads = threads
+        self.keep = keep
+        self.in_flight = in_flight
+        self._current: dict[str, LoadedModel] = {}
+        self._pinned: OrderedDict[tuple[str, int], LoadedModel] = OrderedDict()
+        self._loading: dict[tuple[str, int], asyncio.Task[LoadedModel]] = {}
+        self._lock = asyncio.Lock()
+
+    @property
+    def served(self) -> dict[str, int]:
+        """Model name to the version its alias pointed at on the last look."""
+        return {name: m.number for name, m in self._current.items()}
+
+    def loaded(self) -> list[LoadedModel]:
+        """Every loaded version (aliased and pinned), without repeats."""
+        seen = {(m.name, m.number): m for m in self._pinned.values()}
+        seen.update({(m.name, m.number): m for m in self._current.values()})
+        return list(seen.values())
+
+    def _load_sync(self, version: ModelVersion) -> tuple[ort.InferenceSession, dict[str, bytes]]:
+        if ONNX_FILE not in version.files:
+            raise RequestRejected(
+                f"{version.name} version {version.version} has no {ONNX_FILE} to serve", 404
+            )
+        files = {
+            ONNX_FILE: self.registry.read_file(version, ONNX_FILE),
+            SPEC_FILE: self.registry.read_file(version, SPEC_FILE),
+        }
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.threads
+        options.inter_op_num_threads = 1
+        session = ort.InferenceSession(
+            files[ONNX_FILE], sess_options=options, providers=["CPUExecutionProvider"]
+        )
+        return session, files
+
+    async def _load(self, version: ModelVersion) -> LoadedModel:
+        session, files = await asyncio.to_thread(self._load_sync, version)
+        input_name = session.get_inputs()[0].name
+        output_name = session.get_outputs()[0].name
+        input_shape = tuple(int(d) for d in version.spec["input_shape"])
+
+        def run(x: np.ndarray) -> np.ndarray:
+            return session.run([output_name], {input_name: x})[0]
+
+        # One warm-up call: it allocates onnxruntime's buffers and tells the class count.
+        probe = np.zeros((1, *input_shape), dtype=np.float32)
+        logits = await asyncio.get_running_loop().run_in_executor(self.executor, run, probe)
+        bundle = await asyncio.to_thread(bundle_zip, version, files)
+        batcher = MicroBatcher(
+            run,
+            self.executor,
+            max_rows=self.max_batch_rows,
+            max_delay=self.max_delay,
+            in_flight=self.in_flight,
+        )
+        return LoadedModel(
+            version=version,
+            input_name=input_name,
+            input_shape=input_shape,
+            num_classes=int(logits.shape[1]),
+            onnx=files[ONNX_FILE],
+            bundle=bundle,
+            batcher=batcher,
+        )
+
+    async def _loaded(self, version: ModelVersion) -> LoadedModel:
+        """``version`` loaded, reusing a loaded copy or a load already under way."""
+        key = (version.name, version.version)
+        for model in (self._current.get(version.name), self._pinned.get(key)):
+            if model is not None and model.number == version.version:
+                return model
+        task = self._loading.get(key)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._load(version))
+            self._loading[key] = task
+            task.add_done_callback(lambda _: self._loading.pop(key, None))
+        return await asyncio.shield(task)
+
+    async def _resolve(self, name: str, ref: int | str | None) -> ModelVersion:
+        """The manifest of version ``ref`` of ``name``; unknown ones are a 404 that names
+        what is missing (but not where the registry lives)."""
+        if not _NAME.fullmatch(name):
+            raise RequestRejected(f"unknown model {name!r}", 404)
+        if isinstance(ref, str) and not ref.isdigit() and ref != LATEST:
+            try:
+                check_alias(ref)
+            except RegistryError:
+                raise RequestRejected(f"unknown version {ref!r} of model {name!r}", 404) from None
+        try:
+            return await asyncio.to_thread(self.registry.get, name, ref)
+        except ModelNotFound as exc:
+            message = str(exc)
+            if message.startswith("unknown model"):
+                message = f"unknown model {name!r}"
+            raise RequestRejected(message, 404) from None
+
+    async def current(self, name: str) -> LoadedModel:
+        """The version of ``name`` that the alias points at (loaded on first use)."""
+        model = self._current.get(name)
+        if model is not None:
+            return model
+        async with self._lock:
+            model = self._current.get(name)
+            if model is None:
+                model = await self._loaded(await self._resolve(name, self.alias))
+                self._current[name] = model
+                log.info("serving %s version %d (%s)", name, model.number, self.alias)
+        return model
+
+    async def version(self, name: str, ref: str) -> LoadedModel:
+        """Version ``ref`` of ``name``: a number, or an alias (looked up on every call)."""
+        number = int(ref) if ref.isdigit() else (await self._resolve(name, ref)).version
+        current = self._current.get(name)
+        if current is not None and current.number == number:
+            return current
+        model = self._pinned.get((name, number))
+        if model is None:
+            model = await self._loaded(await self._resolve(name, number))
+            self._pinned[(name, number)] = model
+            self._evict()
+        self._pinned.move_to_end((name, number))
+        return model
+
+    def _evict(self) -> None:
+        aliased = {(m.name, m.number) for m in self._current.values()}
+        spare = [key for key in self._pinned if key not in aliased]
+        for key in spare[: max(0, len(spare) - self.keep)]:
+            self._pinned.pop(key).batcher.close()
+
+    async def refresh(self) -> list[tuple[str, int, int]]:
+        """Re-read the alias of every served model and swap in versions that changed;
+        returns ``(name, old, new)`` for each swap."""
+        swaps = []
+        for name, old in list(self._current.items()):
+            try:
+                version = await asyncio.to_thread(self.registry.get, name, self.alias)
+                if version.version == old.number:
+                    continue
+                new = await self._loaded(version)
+            except Exception as exc:  # keep serving the old version; say why once per look
+                log.warning("cannot refresh %s: %s", name, exc)
+                continue
+            self._current[name] = new
+            if (name, old.number) not in self._pinned:
+                old.batcher.close()
+            swaps.append((name, old.number, new.number))
+            log.info("%s: %s moved from version %d to %d", name, self.alias, old.number, new.number)
+        return swaps
+
+    async def watch(self, poll: float) -> None:
+        """Call :meth:`refresh` every ``poll`` seconds, forever (cancel to stop)."""
+        while True:
+            await asyncio.sleep(poll)
+            await self.refresh()
+
+    async def close(self) -> None:
+        """Stop every batcher after it has answered what it holds."""
+        models = self.loaded()
+        for model in models:
+            model.batcher.close()
+        await asyncio.gather(*(m.batcher.wait_closed() for m in models))
+
+    async def describe(self, model: LoadedModel) -> dict[str, Any]:
+        """The v2 model metadata of ``model``, with its registry's versions and aliases."""
+        numbers, aliases = await asyncio.gather(
+            asyncio.to_thread(self.registry.version_numbers, model.name),
+            asyncio.to_thread(self.registry.aliases, model.name),
+        )
+        return {
+            "name": model.name,
+            "versions": [str(n) for n in numbers],
+            "version": str(model.number),
+            "aliases": aliases,
+            "platform": "onnxruntime_onnx",
+            "inputs": [
+                {"name": model.input_name, "datatype": "FP32", "shape": [-1, *model.input_shape]}
+            ],
+            "outputs": [
+                {"name": "logits", "datatype": "FP32", "shape": [-1, model.num_classes]},
+                {"name": "probabilities", "datatype": "FP32", "shape": [-1, model.num_classes]},
+                {"name": "label", "datatype": "INT64", "shape": [-1]},
+            ],
+        }

@@ -1,0 +1,42 @@
+"""What ``fedge serve`` can be told: the served alias, limits, batching and polling."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["ServeSettings"]
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """How the server serves.
+
+    Parameters
+    ----------
+    alias:
+        The alias whose version is served (default ``"production"``).
+    models:
+        Models loaded at startup, before ``/v2/health/ready`` says ready; ``()`` (default)
+        loads every model that has the alias. Other models are loaded on first request.
+    max_body_bytes:
+        Largest request body accepted (default 8 MiB); larger ones get 413.
+    max_request_rows:
+        Most examples in one request (default 1024); more get 413.
+    max_batch_rows:
+        Most rows in one onnxruntime call (default 64).
+    max_delay_ms:
+        How long the first request of a batch waits for others (default 2 ms).
+    poll_seconds:
+        How often the aliases are re-read to pick up promotions (default 2 s).
+    threads:
+        onnxruntime intra-op threads (default 1).
+    """
+
+    alias: str = "production"
+    models: tuple[str, ...] = ()
+    max_body_bytes: int = 8 << 20
+    max_request_rows: int = 1024
+    max_batch_rows: int = 64
+    max_delay_ms: float = 2.0
+    poll_seconds: float = 2.0
+    threads: int = 1

@@ -1,0 +1,66 @@
+"""``fedge serve``: the inference server over the model registry."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from fedge.cli.common import console, friendly
+from fedge.cli.models import StoreOption
+
+
+@friendly
+def serve(
+    models: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="Models to load before reporting ready (default: every model with the "
+            "alias). Others load on their first request.",
+            show_default=False,
+        ),
+    ] = None,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port (0: any free port, printed).")] = 8000,
+    alias: Annotated[str, typer.Option(help="Alias whose version is served.")] = "production",
+    poll: Annotated[
+        float, typer.Option(help="Seconds between re-reads of the aliases (hot swap).")
+    ] = 2.0,
+    max_batch_rows: Annotated[
+        int, typer.Option(help="Most rows in one onnxruntime call (micro-batching).")
+    ] = 64,
+    max_delay_ms: Annotated[
+        float, typer.Option(help="How long a request waits for others to batch with.")
+    ] = 2.0,
+    max_request_rows: Annotated[int, typer.Option(help="Most examples in one request.")] = 1024,
+    max_body_bytes: Annotated[int, typer.Option(help="Largest request body.")] = 8 << 20,
+    threads: Annotated[int, typer.Option(help="onnxruntime intra-op threads.")] = 1,
+    access_log: Annotated[bool, typer.Option(help="Log every request.")] = False,
+    store: StoreOption = None,
+) -> None:
+    """Serve registry models over HTTP: KServe v2 (/v2/models/NAME/infer), POST /predict,
+    model downloads with ETags (/v2/models/NAME/download) and sample uploads.
+
+    The version an alias points at is served; a newly promoted version is picked up
+    within --poll seconds, without a restart.
+    """
+    from fedge.central.registry import ModelRegistry
+    from fedge.central.serving import ServeSettings, run_server
+    from fedge.central.storage import DEFAULT_STORE, open_store
+
+    registry = ModelRegistry(open_store(store or DEFAULT_STORE))
+    settings = ServeSettings(
+        alias=alias,
+        models=tuple(models or ()),
+        max_body_bytes=max_body_bytes,
+        max_request_rows=max_request_rows,
+        max_batch_rows=max_batch_rows,
+        max_delay_ms=max_delay_ms,
+        poll_seconds=poll,
+        threads=threads,
+    )
+
+    def listening(url: str) -> None:
+        console.print(f"fedge serve: listening on {url}", soft_wrap=True, markup=False)
+
+    run_server(registry, settings, host=host, port=port, access_log=access_log, on_listen=listening)

@@ -1,0 +1,239 @@
+"""`fedge edge` against a real `fedge serve` process: over-the-air download with ETags,
+local onnxruntime inference without torch, updates on promotion, samples sent back."""
+
+import contextlib
+import json
+import subprocess
+import sys
+import textwrap
+import time
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from fedge.central import LocalStore, ModelRegistry, publish_model
+from fedge.central.datasets import DatasetStore
+from fedge.central.edge import EdgeApp, load_inputs, load_samples
+from fedge.cli.main import app
+from fedge.errors import DataError, ServingError
+from fedge.models.spec import build_model, preset_spec
+
+SPEC = preset_spec("mlp", (1, 8, 8), 10, hidden=(16,))
+runner = CliRunner()
+
+
+def torch_probabilities(seed, x):
+    with torch.no_grad():
+        logits = build_model(SPEC, seed=seed)(torch.as_tensor(x, dtype=torch.float32))
+    return torch.softmax(logits, 1).numpy()
+
+
+@contextlib.contextmanager
+def running_server(store_dir, log):
+    """`fedge serve --port 0 --poll 0.2` on a store, as a subprocess; yields its URL."""
+    cmd = [sys.executable, "-m", "fedge", "serve", "--port", "0", "--poll", "0.2"]
+    with log.open("w") as err:
+        proc = subprocess.Popen(
+            [*cmd, "--store", str(store_dir)], stdout=subprocess.PIPE, stderr=err, text=True
+        )
+    try:
+        line = proc.stdout.readline()
+        if "listening on" not in line:
+            raise RuntimeError(f"server did not start: {line}{log.read_text()}")
+        url = line.split()[-1]
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/v2/health/ready", timeout=2).status_code == 200:
+                    break
+            time.sleep(0.05)
+        else:
+            raise RuntimeError(f"server not ready: {log.read_text()}")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        proc.stdout.close()
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory):
+    """Model "digits" with versions 1 (seed 0) and 2 (seed 1); production → 1."""
+    registry = ModelRegistry(LocalStore(tmp_path_factory.mktemp("edge") / "store"))
+    for seed in (0, 1):
+        publish_model(registry, "digits", SPEC, build_model(SPEC, seed=seed).state_dict())
+    registry.promote("digits", 1)
+    return registry
+
+
+@pytest.fixture(scope="module")
+def url(registry, tmp_path_factory):
+    log = tmp_path_factory.mktemp("edge-log") / "server.log"
+    with running_server(registry.store.root, log) as url:
+        yield url
+
+
+@pytest.fixture
+def production(registry, url):
+    """Set production to a version and wait until the server serves it."""
+
+    def move(version):
+        registry.promote("digits", version)
+        deadline = time.monotonic() + 10
+        while httpx.get(f"{url}/v2/models/digits").json()["version"] != str(version):
+            assert time.monotonic() < deadline, "the server did not pick up the promotion"
+            time.sleep(0.05)
+
+    move(1)
+    yield move
+    move(1)
+
+
+@pytest.fixture
+def examples(tmp_path):
+    x = np.random.default_rng(0).normal(size=(6, 1, 8, 8)).astype(np.float32)
+    path = tmp_path / "x.npy"
+    np.save(path, x)
+    return x, path
+
+
+def test_download_predict_locally_and_update_on_promotion(url, production, tmp_path, examples):
+    x, _ = examples
+    edge = EdgeApp("digits", url, tmp_path / "cache")
+    assert edge.cached() is None
+    first = edge.update()
+    assert first.changed and first.model.version == 1
+    prediction = edge.predict(x)
+    assert prediction.version == 1
+    np.testing.assert_allclose(prediction.probabilities, torch_probabilities(0, x), atol=1e-5)
+    assert prediction.labels.tolist() == torch_probabilities(0, x).argmax(1).tolist()
+    # Flat examples work too; nothing new on the server means no download.
+    assert edge.predict(x.reshape(6, 64)).labels.tolist() == prediction.labels.tolist()
+    assert not edge.update().changed
+
+    production(2)
+    second = edge.update()
+    assert second.changed and second.model.version == 2
+    after = edge.predict(x)
+    assert after.version == 2
+    np.testing.assert_allclose(after.probabilities, torch_probabilities(1, x), atol=1e-5)
+    assert not np.allclose(after.probabilities, prediction.probabilities, atol=1e-3)
+    # Only the version in use stays on the device.
+    kept = sorted(p.name for p in (tmp_path / "cache" / "digits").iterdir() if p.is_dir())
+    assert kept == [second.model.folder.name]
+
+
+def test_cli_update_predict_send(url, production, tmp_path, examples, registry):
+    x, path = examples
+    env = {"FEDGE_SERVER": url, "FEDGE_EDGE_CACHE": str(tmp_path / "cache")}
+    result = runner.invoke(app, ["edge", "update", "digits"], env=env)
+    assert result.exit_code == 0, result.output
+    assert "downloaded version 1" in result.output
+    result = runner.invoke(app, ["edge", "update", "digits"], env=env)
+    assert "version 1 is up to date" in result.output
+
+    result = runner.invoke(app, ["edge", "predict", "digits", str(path)], env=env)
+    assert result.exit_code == 0, result.output
+    answer = json.loads(result.output)
+    assert answer["version"] == 1
+    assert answer["prediction"] == torch_probabilities(0, x).argmax(1).tolist()
+
+    production(2)
+    result = runner.invoke(app, ["edge", "predict", "digits", str(path), "--update"], env=env)
+    assert json.loads(result.output)["version"] == 2
+
+    samples = tmp_path / "samples.json"
+    samples.write_text(json.dumps({"instances": x[:3].tolist(), "labels": [1, 2, 3]}))
+    result = runner.invoke(app, ["edge", "send", "digits", str(samples)], env=env)
+    assert result.exit_code == 0, result.output
+    assert "sent 3 samples: dataset digits version" in result.output
+    newest = DatasetStore(registry.store).get("digits")
+    assert newest.appended in (None, 3) and newest.source == "edge:digits@2"
+    np.testing.assert_array_equal(DatasetStore(registry.store).load(newest).x[-3:], x[:3])
+
+
+@pytest.mark.parametrize("command", [[], ["update"], ["predict"], ["send"]])
+def test_every_edge_command_has_help(command):
+    result = runner.invoke(app, ["edge", *command, "--help"])
+    assert result.exit_code == 0 and "Usage" in result.output
+
+
+def test_send_stores_a_dataset_version(url, tmp_path):
+    rng = np.random.default_rng(5)
+    x, y = rng.normal(size=(5, 64)).astype(np.float32), np.array([0, 1, 2, 3, 4])
+    path = tmp_path / "s.npz"
+    np.savez(path, x=x, y=y)
+    loaded = load_samples(path)
+    answer = EdgeApp("digits", url, tmp_path / "cache").send(*loaded)
+    assert answer["samples"] == 5 and answer["dataset"] == "digits"
+
+
+# Run in a fresh interpreter where importing torch fails, as on a device without torch:
+# the packages load their API lazily, so the edge app and its CLI must still work.
+_NO_TORCH = """
+import importlib.abc, json, sys
+
+class NoTorch(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError(f"torch is not installed on this device ({name})")
+        return None
+
+sys.meta_path.insert(0, NoTorch())
+
+import fedge.cli.main  # the whole CLI imports without torch
+from fedge.central.edge import EdgeApp, load_inputs
+
+edge = EdgeApp("digits", URL, CACHE)
+update = edge.update()
+prediction = edge.predict(load_inputs(INPUTS))
+loaded = sorted(m for m in sys.modules if m == "torch" or m.startswith("torch."))
+print(json.dumps({"version": update.model.version, "labels": prediction.labels.tolist(),
+                  "probabilities": prediction.probabilities.tolist(), "torch": loaded}))
+"""
+
+
+def test_edge_app_runs_without_torch(url, production, tmp_path, examples):
+    x, path = examples
+    header = f"URL, CACHE, INPUTS = {url!r}, {str(tmp_path)!r}, {str(path)!r}\n"
+    result = subprocess.run(
+        [sys.executable, "-c", header + textwrap.dedent(_NO_TORCH)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    answer = json.loads(result.stdout)
+    assert answer["torch"] == []
+    assert answer["version"] == 1
+    np.testing.assert_allclose(answer["probabilities"], torch_probabilities(0, x), atol=1e-5)
+
+
+def test_edge_errors_name_the_problem(url, tmp_path, examples):
+    x, _ = examples
+    edge = EdgeApp("digits", url, tmp_path / "cache")
+    with pytest.raises(ServingError, match="run `fedge edge update digits` first"):
+        edge.predict(x)
+    with pytest.raises(ServingError, match="404: unknown model 'nope'"):
+        EdgeApp("nope", url, tmp_path / "cache").update()
+    with pytest.raises(ServingError, match="cannot reach the server"):
+        EdgeApp("digits", "http://127.0.0.1:1", tmp_path / "cache").update()
+    edge.update()
+    with pytest.raises(DataError, match=r"shape \[n, 1, 8, 8\]"):
+        edge.predict(np.zeros((2, 3)))
+    with pytest.raises(DataError, match="NaN"):
+        edge.predict(np.full((1, 64), np.nan))
+    with pytest.raises(ServingError, match=r"400: labels must lie in \[0, 10\)"):
+        edge.send(x[:1], np.array([12]))
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"rows": []}')
+    with pytest.raises(DataError, match="holds no examples"):
+        load_inputs(bad)
+    result = runner.invoke(
+        app, ["edge", "predict", "digits", str(tmp_path / "missing.npy"), "--cache", str(tmp_path)]
+    )
+    assert result.exit_code == DataError.exit_code
+    assert "file not found" in result.output
