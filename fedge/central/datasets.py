@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, NonNegativeInt, PositiveInt, Validat
 
 from fedge.central.dataset_arrays import DatasetArrays, check_split, read_npz, write_npz
 from fedge.central.storage.base import ObjectStore, blob_key, file_sha256
+from fedge.central.versions import create_next_version, version_numbers
 from fedge.data.dataset import FederatedData
 from fedge.errors import DataError, ObjectNotFound, StorageError
 
@@ -48,7 +49,6 @@ __all__ = [
 
 LATEST = "latest"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
-_MAX_ATTEMPTS = 1000
 
 
 class SplitInfo(BaseModel):
@@ -173,13 +173,7 @@ class DatasetStore:
 
     def version_numbers(self, name: str) -> list[int]:
         """Version numbers of ``name``, ascending (empty for an unknown dataset)."""
-        prefix = self._prefix(name)
-        numbers = []
-        for key in self.store.list(prefix):
-            stem = key[len(prefix) :].removesuffix(".json")
-            if stem.isdigit() and key.endswith(".json"):
-                numbers.append(int(stem))
-        return sorted(numbers)
+        return version_numbers(self.store, self._prefix(name))
 
     def list_datasets(self) -> list[str]:
         """Names of all datasets with at least one version, sorted."""
@@ -328,13 +322,11 @@ class DatasetStore:
             "appended": appended,
             "source": source,
         }
-        for _ in range(_MAX_ATTEMPTS):
-            version = DatasetVersion(
-                version=(self.version_numbers(name) or [0])[-1] + 1,
-                created_at=datetime.now(UTC),
-                **fields,
-            )
-            key = f"{self._prefix(name)}{version.version}.json"
-            if self.store.put_if_absent(key, version.model_dump_json(indent=2).encode()):
-                return version
-        raise StorageError(f"no free version number for dataset {name!r}")
+        version = create_next_version(
+            self.store,
+            self._prefix(name),
+            lambda n: DatasetVersion(version=n, created_at=datetime.now(UTC), **fields),
+        )
+        if version is None:
+            raise StorageError(f"no free version number for dataset {name!r}")
+        return version

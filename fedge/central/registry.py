@@ -28,6 +28,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, NonNegativeInt, PositiveInt, ValidationError
 
 from fedge.central.storage.base import ObjectStore, blob_key, file_sha256
+from fedge.central.versions import MAX_ATTEMPTS, create_next_version, version_numbers
 from fedge.central.weights import check_params, params_from_bytes
 from fedge.errors import ModelNotFound, ObjectNotFound, RegistryError, StorageError
 from fedge.models.spec import ModelSpec, load_spec
@@ -41,7 +42,6 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 _FILE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 # Each failed attempt means another registration got a number, so contention among N
 # concurrent registrations ends within N attempts; this bound only stops a runaway loop.
-_MAX_ATTEMPTS = 1000
 
 
 class FileRef(BaseModel):
@@ -122,13 +122,7 @@ class ModelRegistry:
     def version_numbers(self, name: str) -> list[int]:
         """Version numbers of ``name``, ascending (empty for an unknown model)."""
         _check_name(name, "model")
-        prefix = self._versions_prefix(name)
-        numbers = []
-        for key in self.store.list(prefix):
-            stem = key[len(prefix) :].removesuffix(".json")
-            if stem.isdigit() and key.endswith(".json"):
-                numbers.append(int(stem))
-        return sorted(numbers)
+        return version_numbers(self.store, self._versions_prefix(name))
 
     def _unknown_model(self, name: str) -> ModelNotFound:
         known = self.list_models()
@@ -188,10 +182,12 @@ class ModelRegistry:
             filename: FileRef(sha256=self.store.put_blob(data), size=len(data))
             for filename, data in files.items()
         }
-        for _ in range(_MAX_ATTEMPTS):
-            version = ModelVersion(
+        version = create_next_version(
+            self.store,
+            self._versions_prefix(name),
+            lambda n: ModelVersion(
                 name=name,
-                version=(self.version_numbers(name) or [0])[-1] + 1,
+                version=n,
                 created_at=datetime.now(UTC),
                 files=refs,
                 spec=spec.model_dump(mode="json"),
@@ -199,11 +195,11 @@ class ModelRegistry:
                 data_version=data_version,
                 config=config_data,
                 source=source,
-            )
-            key = f"{self._versions_prefix(name)}{version.version}.json"
-            if self.store.put_if_absent(key, version.model_dump_json(indent=2).encode()):
-                return version
-        raise RegistryError(f"no free version number for {name!r} after {_MAX_ATTEMPTS} tries")
+            ),
+        )
+        if version is None:
+            raise RegistryError(f"no free version number for {name!r} after {MAX_ATTEMPTS} tries")
+        return version
 
     def list_models(self) -> list[str]:
         """Names of all models with at least one version, sorted."""

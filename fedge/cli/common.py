@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -12,7 +12,7 @@ from rich.markup import escape
 
 from fedge.errors import FedgeError
 
-__all__ = ["console", "err_console", "friendly"]
+__all__ = ["SetOption", "console", "err_console", "friendly"]
 
 console = Console()
 err_console = Console(stderr=True)
@@ -36,3 +36,9 @@ def friendly(func: F) -> F:
             raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", help="Override a config value: key.sub=value (repeatable)."),
+]

@@ -19,7 +19,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from fedge.cli.common import console, friendly
+from fedge.cli.common import SetOption, console, friendly
 from fedge.cli.edge import edge_app
 from fedge.cli.models import models_app
 from fedge.cli.serve import serve
@@ -40,11 +40,6 @@ app.add_typer(edge_app, name="edge")
 app.command("train")(train)
 data_app.command("upload")(data_upload)
 data_app.command("versions")(data_versions)
-
-SetOption = Annotated[
-    list[str] | None,
-    typer.Option("--set", "-s", help="Override a config value: key.sub=value (repeatable)."),
-]
 
 
 class _RichObserver:
@@ -138,21 +133,11 @@ def describe(
     Example: fedge data describe --set data.name=digits --set partition.scheme=dirichlet
     --set partition.num_clients=10
     """
-    import tomllib
-
-    from fedge.config import apply_overrides, parse_section
+    from fedge.config import apply_overrides, parse_section, read_toml
     from fedge.data.describe import describe_partition, plot_partition, stats_table
     from fedge.data.load import load_data, partition_data
 
-    raw: dict[str, Any] = {}
-    if config is not None:
-        try:
-            raw = tomllib.loads(config.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"config file not found: {config}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config file {config} is not valid TOML: {exc}") from None
-    raw = apply_overrides(raw, overrides or [])
+    raw = apply_overrides(read_toml(config) if config is not None else {}, overrides or [])
     if "data" not in raw:
         raise ConfigError("no [data] section: pass an experiment file or --set data.name=...")
     data_cfg = parse_section("data", raw["data"])

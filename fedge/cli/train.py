@@ -2,32 +2,17 @@
 
 from __future__ import annotations
 
-import tomllib
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from fedge.cli.common import console, friendly
+from fedge.cli.common import SetOption, console, friendly
 from fedge.cli.models import StoreOption
 from fedge.errors import ConfigError
 
 __all__ = ["data_upload", "data_versions", "train"]
-
-SetOption = Annotated[
-    list[str] | None,
-    typer.Option("--set", "-s", help="Override a config value: key.sub=value (repeatable)."),
-]
-
-
-def _read_toml(path: Path) -> dict[str, Any]:
-    try:
-        return tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
 
 
 def _datasets(store: str | None) -> Any:
@@ -44,7 +29,7 @@ def _source_arrays(
     import json
 
     from fedge.central.datasets import DatasetArrays, read_npz
-    from fedge.config import apply_overrides, parse_section
+    from fedge.config import apply_overrides, parse_section, read_toml
     from fedge.data.load import load_data
 
     if source is not None and source.suffix == ".npz":
@@ -56,7 +41,7 @@ def _source_arrays(
             f"SOURCE must be an .npz file of samples or a TOML file with a [data] section, "
             f"got {source}"
         )
-    raw = apply_overrides(_read_toml(source) if source is not None else {}, overrides)
+    raw = apply_overrides(read_toml(source) if source is not None else {}, overrides)
     if "data" not in raw:
         raise ConfigError("no [data] section: pass a config file, an .npz or --set data.name=...")
     section = parse_section("data", raw["data"])

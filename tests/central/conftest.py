@@ -1,6 +1,7 @@
 """Fixtures for the central pipeline: a real S3 API server (moto, over HTTP on loopback)
 and a ``store`` fixture that runs each test once per backend."""
 
+import contextlib
 import socket
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import urllib.request
 import uuid
 
 import boto3
+import httpx
 import pytest
 
 from fedge.central.storage import LocalStore, open_store
@@ -122,3 +124,40 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_server(store_dir, *args, log):
+    """`fedge serve --port 0` on a store, as a subprocess; yields its URL once ready."""
+    with log.open("w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "fedge", "serve", "--port", "0", "--store", str(store_dir)]
+            + [str(a) for a in args],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+        )
+    try:
+        line = proc.stdout.readline()
+        if "listening on" not in line:
+            raise RuntimeError(f"server did not start: {line}{log.read_text()}")
+        url = line.split()[-1]
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/v2/health/ready", timeout=2).status_code == 200:
+                    break
+            time.sleep(0.05)
+        else:
+            raise RuntimeError(f"server not ready: {log.read_text()}")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        proc.stdout.close()
+
+
+@pytest.fixture(scope="session")
+def serve_process():
+    """:func:`running_server`, for tests and module-scoped fixtures."""
+    return running_server

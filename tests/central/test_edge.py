@@ -1,7 +1,6 @@
 """`fedge edge` against a real `fedge serve` process: over-the-air download with ETags,
 local onnxruntime inference without torch, updates on promotion, samples sent back."""
 
-import contextlib
 import json
 import subprocess
 import sys
@@ -31,34 +30,6 @@ def torch_probabilities(seed, x):
     return torch.softmax(logits, 1).numpy()
 
 
-@contextlib.contextmanager
-def running_server(store_dir, log):
-    """`fedge serve --port 0 --poll 0.2` on a store, as a subprocess; yields its URL."""
-    cmd = [sys.executable, "-m", "fedge", "serve", "--port", "0", "--poll", "0.2"]
-    with log.open("w") as err:
-        proc = subprocess.Popen(
-            [*cmd, "--store", str(store_dir)], stdout=subprocess.PIPE, stderr=err, text=True
-        )
-    try:
-        line = proc.stdout.readline()
-        if "listening on" not in line:
-            raise RuntimeError(f"server did not start: {line}{log.read_text()}")
-        url = line.split()[-1]
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/v2/health/ready", timeout=2).status_code == 200:
-                    break
-            time.sleep(0.05)
-        else:
-            raise RuntimeError(f"server not ready: {log.read_text()}")
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        proc.stdout.close()
-
-
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory):
     """Model "digits" with versions 1 (seed 0) and 2 (seed 1); production → 1."""
@@ -70,9 +41,9 @@ def registry(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def url(registry, tmp_path_factory):
+def url(registry, tmp_path_factory, serve_process):
     log = tmp_path_factory.mktemp("edge-log") / "server.log"
-    with running_server(registry.store.root, log) as url:
+    with serve_process(registry.store.root, "--poll", 0.2, log=log) as url:
         yield url
 
 

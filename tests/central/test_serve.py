@@ -3,12 +3,9 @@ KServe v2 and /predict against PyTorch, micro-batching, hot swap on promotion, d
 with ETags, sample uploads, and a 4xx JSON error for every kind of bad input."""
 
 import asyncio
-import contextlib
 import hashlib
 import io
 import json
-import subprocess
-import sys
 import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
@@ -35,37 +32,6 @@ def torch_logits(seed, x):
         return build_model(SPEC, seed=seed)(torch.as_tensor(x, dtype=torch.float32)).numpy()
 
 
-@contextlib.contextmanager
-def running_server(store_dir, *args, log):
-    """`fedge serve --port 0` on a store, as a subprocess; yields its URL once ready."""
-    with log.open("w") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "fedge", "serve", "--port", "0", "--store", str(store_dir)]
-            + [str(a) for a in args],
-            stdout=subprocess.PIPE,
-            stderr=err,
-            text=True,
-        )
-    try:
-        line = proc.stdout.readline()
-        if "listening on" not in line:
-            raise RuntimeError(f"server did not start: {line}{log.read_text()}")
-        url = line.split()[-1]
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/v2/health/ready", timeout=2).status_code == 200:
-                    break
-            time.sleep(0.05)
-        else:
-            raise RuntimeError(f"server not ready: {log.read_text()}")
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        proc.stdout.close()
-
-
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory):
     """Model "digits" (versions 1 and 2, production → 1) and "swap" (the same two
@@ -81,11 +47,11 @@ def registry(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def url(registry, tmp_path_factory):
+def url(registry, tmp_path_factory, serve_process):
     log = tmp_path_factory.mktemp("serve-log") / "server.log"
     args = ["--poll", 0.2, "--max-delay-ms", 20, "--max-request-rows", MAX_ROWS]
     args += ["--max-body-bytes", MAX_BODY]
-    with running_server(registry.store.root, *args, log=log) as url:
+    with serve_process(registry.store.root, *args, log=log) as url:
         yield url
 
 
@@ -482,7 +448,7 @@ def test_a_closed_batcher_answers_what_it_holds_and_takes_no_more():
         asyncio.run(batcher.submit(xs[0]))
 
 
-def test_serving_from_s3(bucket, tmp_path):
+def test_serving_from_s3(bucket, tmp_path, serve_process):
     """The same server over a bucket on a real S3 API: predict, then a promotion."""
     registry = ModelRegistry(open_store(f"s3://{bucket}/reg"))
     for seed in (0, 1):
@@ -490,7 +456,7 @@ def test_serving_from_s3(bucket, tmp_path):
     registry.promote("digits", 1)
     x = np.random.default_rng(4).normal(size=(2, 64)).astype(np.float32)
     body = {"instances": x.tolist()}
-    with running_server(f"s3://{bucket}/reg", "--poll", 0.2, log=tmp_path / "log") as url:
+    with serve_process(f"s3://{bucket}/reg", "--poll", 0.2, log=tmp_path / "log") as url:
         answer = httpx.post(f"{url}/predict", json=body).json()
         assert answer["version"] == 1
         assert answer["prediction"] == torch_logits(0, x.reshape(2, 1, 8, 8)).argmax(1).tolist()
