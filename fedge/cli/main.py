@@ -58,7 +58,7 @@ class _RichObserver:
         self.t0 = time.perf_counter()
 
     def client_finished(self, update: Any) -> None:
-        self.samples += update.num_samples
+        self.samples += update.metrics.get("examples", update.num_samples)
         rate = self.samples / max(time.perf_counter() - self.t0, 1e-9)
         self.progress.update(self.clients, advance=1, status=f"{rate:,.0f} examples/s")
 
