@@ -109,31 +109,38 @@ DataConfig = Annotated[
 # --- partition --------------------------------------------------------------------------
 
 
-class IIDPartition(_Section):
+class _Partition(_Section):
+    """``seed`` draws the split; by default the experiment's ``seed`` (set it to keep the
+    same clients while varying model initialization and training, or the reverse)."""
+
+    seed: int | None = None
+
+
+class IIDPartition(_Partition):
     scheme: Literal["iid"]
     num_clients: PositiveInt
 
 
-class DirichletPartition(_Section):
+class DirichletPartition(_Partition):
     scheme: Literal["dirichlet"]
     num_clients: PositiveInt
     beta: PositiveFloat = 0.5
     min_size: PositiveInt = 10
 
 
-class LabelKPartition(_Section):
+class LabelKPartition(_Partition):
     scheme: Literal["label_k"]
     num_clients: PositiveInt
     k: PositiveInt = 2
 
 
-class ShardsPartition(_Section):
+class ShardsPartition(_Partition):
     scheme: Literal["shards"]
     num_clients: PositiveInt
     shards_per_client: PositiveInt = 2
 
 
-class QuantitySkewPartition(_Section):
+class QuantitySkewPartition(_Partition):
     scheme: Literal["quantity_skew"]
     num_clients: PositiveInt
     beta: PositiveFloat = 0.5

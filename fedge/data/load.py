@@ -49,7 +49,8 @@ def partition_data(
     """Split ``data.train`` among clients as ``config`` says.
 
     With no ``[partition]`` section, data that comes split by user (LEAF, Synthetic) keeps
-    its natural partition; other data needs one.
+    its natural partition; other data needs one. The split is drawn with the section's
+    ``seed`` when it has one, else with ``seed``.
     """
     if config is None or isinstance(config, NaturalPartition):
         if data.natural_partition is None:
@@ -59,7 +60,9 @@ def partition_data(
             )
         return P.natural(data.natural_partition)
     labels = data.train.y.numpy()
-    options = config.model_dump(exclude={"scheme", "num_clients"})
+    options = config.model_dump(exclude={"scheme", "num_clients", "seed"})
+    if config.seed is not None:
+        seed = config.seed
     if config.scheme in ("dirichlet", "label_k"):
         options["num_classes"] = data.num_classes
     return P.PARTITIONERS[config.scheme](labels, config.num_clients, seed=seed, **options)

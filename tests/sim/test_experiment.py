@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -113,3 +114,19 @@ def test_run_to_folder_refuses_to_overwrite_results(digits, tmp_path):
     (tmp_path / "run" / "summary.json").write_text("{}")
     with pytest.raises(ConfigError, match="--force"):
         run_to_folder(prepare(digits(rounds=1)), tmp_path / "run")
+
+
+def test_a_partition_seed_overrides_the_experiment_seed(digits):
+    from fedge.config import parse_section
+    from fedge.data.load import partition_data
+
+    data = prepare(digits()).data
+    fixed = parse_section("partition", {"scheme": "dirichlet", "num_clients": 8, "seed": 42})
+    free = parse_section("partition", {"scheme": "dirichlet", "num_clients": 8})
+
+    def same(a, b):
+        return all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+
+    assert same(partition_data(data, fixed, seed=0), partition_data(data, fixed, seed=7))
+    assert not same(partition_data(data, free, seed=0), partition_data(data, free, seed=7))
+    assert same(partition_data(data, fixed, seed=0), partition_data(data, free, seed=42))
