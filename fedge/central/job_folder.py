@@ -30,10 +30,10 @@ from typing import Any
 
 import tomli_w
 import torch
-from safetensors.torch import save_file
 
 from fedge.errors import ConfigError
 from fedge.models.spec import ModelSpec
+from fedge.sim.outputs import publish_result
 
 __all__ = ["CHECKPOINT", "JobFolder", "plot_epochs"]
 
@@ -148,15 +148,6 @@ class JobFolder:
     ) -> Path:
         """Write summary, plot and model, drop the checkpoint and move the folder into
         place; returns ``out``."""
-        (self.partial / "summary.json").write_text(json.dumps(dict(summary), indent=2) + "\n")
         plot_epochs(history, self.partial / "curves.png", title=str(summary.get("name", "")))
-        save_file(
-            {k: v.detach().contiguous() for k, v in params.items()},
-            self.partial / "model.safetensors",
-        )
-        (self.partial / "model.json").write_text(spec.model_dump_json(indent=2) + "\n")
         self.checkpoint.unlink(missing_ok=True)
-        if self.out.exists():
-            shutil.rmtree(self.out)
-        os.replace(self.partial, self.out)
-        return self.out
+        return publish_result(self.partial, self.out, summary, params, spec)

@@ -26,7 +26,7 @@ from fedge.config import ExperimentConfig
 from fedge.errors import ConfigError
 from fedge.models.spec import ModelSpec
 
-__all__ = ["RunDirectory", "peak_memory_mb", "plot_history"]
+__all__ = ["RunDirectory", "peak_memory_mb", "plot_history", "publish_result"]
 
 
 def _drop_none(value: Any) -> Any:
@@ -68,6 +68,25 @@ def plot_history(history: Sequence[Mapping[str, Any]], path: Path, *, title: str
     return path
 
 
+def publish_result(
+    partial: Path,
+    out: Path,
+    summary: Mapping[str, Any],
+    params: Mapping[str, torch.Tensor],
+    spec: ModelSpec,
+) -> Path:
+    """Write ``summary.json``, ``model.safetensors`` and ``model.json`` into ``partial``,
+    then rename it to ``out`` (replacing an older ``out``); returns ``out``."""
+    (partial / "summary.json").write_text(json.dumps(dict(summary), indent=2) + "\n")
+    weights = {k: v.detach().contiguous() for k, v in params.items()}
+    save_file(weights, partial / "model.safetensors")
+    (partial / "model.json").write_text(spec.model_dump_json(indent=2) + "\n")
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(partial, out)
+    return out
+
+
 class RunDirectory:
     """Writes a run's files into ``<out>.partial`` and publishes them as ``<out>``."""
 
@@ -97,16 +116,8 @@ class RunDirectory:
     ) -> Path:
         """Write summary, plot and model, then move the folder into place."""
         self._metrics.close()
-        (self.partial / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         plot_history(history, self.partial / "curves.png", title=str(summary.get("name", "")))
-        save_file(
-            {k: v.contiguous() for k, v in params.items()}, self.partial / "model.safetensors"
-        )
-        (self.partial / "model.json").write_text(spec.model_dump_json(indent=2) + "\n")
-        if self.out.exists():
-            shutil.rmtree(self.out)
-        os.replace(self.partial, self.out)
-        return self.out
+        return publish_result(self.partial, self.out, summary, params, spec)
 
     def abandon(self) -> Path:
         """Close files after a failure; the ``.partial`` folder stays for inspection."""
