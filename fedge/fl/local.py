@@ -79,8 +79,11 @@ def client_generator(seed: int, round: int, client_id: int) -> torch.Generator:
 
 
 def get_params(model: torch.nn.Module) -> Params:
-    """A detached copy of ``model``'s parameters."""
-    return {name: p.detach().clone() for name, p in model.named_parameters()}
+    """A detached, contiguous copy of ``model``'s parameters."""
+    return {
+        name: p.detach().clone(memory_format=torch.contiguous_format)
+        for name, p in model.named_parameters()
+    }
 
 
 @torch.no_grad()

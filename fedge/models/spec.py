@@ -42,6 +42,7 @@ __all__ = [
     "ModelSpec",
     "build_model",
     "count_parameters",
+    "fast_layout",
     "load_spec",
     "preset_spec",
 ]
@@ -162,6 +163,21 @@ def build_model(spec: ModelSpec, *, seed: int = 0) -> torch.nn.Sequential:
         for name, layer, in_shape in zip(spec.layer_names(), spec.layers, shapes, strict=False):
             modules[name] = _module(layer, in_shape)
     return torch.nn.Sequential(modules)
+
+
+def fast_layout(model: torch.nn.Module) -> torch.nn.Module:
+    """Put ``model``'s convolution weights in channels-last memory layout, in place.
+
+    The function the model computes is unchanged, but oneDNN runs convolutions and pooling
+    in this layout much faster on a CPU (the LeNet CNN: evaluation about 2x, training
+    5-17% faster). Use it for work-area models; parameters read out of such a model are
+    not contiguous in the usual sense, so copy them with ``clone(memory_format=
+    torch.contiguous_format)`` (as :func:`fedge.fl.local.get_params` does) before saving
+    or flattening them. Models without convolutions are left as they are.
+    """
+    if any(isinstance(m, torch.nn.Conv2d) for m in model.modules()):
+        model.to(memory_format=torch.channels_last)
+    return model
 
 
 def count_parameters(model: torch.nn.Module) -> int:

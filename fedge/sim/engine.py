@@ -18,7 +18,7 @@ import torch
 from fedge.fl.local import LocalTraining, client_generator, train_client
 from fedge.fl.strategy.base import Strategy
 from fedge.fl.types import ClientTask, ClientUpdate, Params
-from fedge.models.spec import ModelSpec, build_model
+from fedge.models.spec import ModelSpec, build_model, fast_layout
 
 __all__ = ["ClientData", "Engine", "SequentialEngine"]
 
@@ -83,7 +83,7 @@ class SequentialEngine:
         self.data = data
         self.local = local
         self.seed = seed
-        self._model = build_model(spec)
+        self._model = fast_layout(build_model(spec))
 
     def train_round(
         self,

@@ -27,7 +27,7 @@ from fedge.fl.pipeline import check_update
 from fedge.fl.sampling import clients_per_round, sample_clients
 from fedge.fl.strategy import Strategy
 from fedge.fl.types import ClientTask, ClientUpdate, Params, ServerState
-from fedge.models.spec import ModelSpec, build_model, count_parameters
+from fedge.models.spec import ModelSpec, build_model, count_parameters, fast_layout
 from fedge.sim.adversity import (
     attack_update,
     flip_labels,
@@ -248,6 +248,7 @@ def _run_rounds(
     cfg = fed.config
     model = build_model(fed.spec, seed=cfg.seed)
     state = fed.strategy.init(dict(model.named_parameters()))
+    fast_layout(model)  # from here on the evaluation work area
     test = fed.data.test
     result = RunResult(state=state, num_parameters=count_parameters(model))
     client_states: dict[int, Mapping[str, Params]] = {}

@@ -45,7 +45,7 @@ from fedge.errors import ConfigError
 from fedge.fl.local import LocalTraining, client_generator, train_client
 from fedge.fl.strategy.base import Strategy
 from fedge.fl.types import ClientTask, ClientUpdate, Params
-from fedge.models.spec import ModelSpec, build_model
+from fedge.models.spec import ModelSpec, build_model, fast_layout
 from fedge.sim.engine import ClientData
 
 __all__ = ["RayEngine"]
@@ -127,7 +127,7 @@ class _ClientWorker:
         # ``data`` wraps the reference in a list so that this actor, not Ray's argument
         # resolution, fetches it: once, here, and keeps it for its whole life.
         self._data = _unpack(ray.get(data[0]))
-        self._model = build_model(spec)
+        self._model = fast_layout(build_model(spec))
         self._local = local
         self._seed = seed
         self._strategy: Strategy | None = None
