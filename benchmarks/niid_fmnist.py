@@ -15,6 +15,7 @@ throughput is printed as a ratio against the hardware's in the same run.
 
     python benchmarks/niid_fmnist.py                  # FedAvg's four cases, ~85 min on 2 cores
     python benchmarks/niid_fmnist.py --strategies fedprox scaffold fednova --cases iid dir0.5 '#C=3'
+    python benchmarks/niid_fmnist.py --cases '#C=2' '#C=3' --partition-seed 42  # Flower's
     python benchmarks/niid_fmnist.py --cases iid --rounds 5   # a quick look
 """
 
@@ -71,12 +72,16 @@ PAPER: dict[tuple[str, str], float] = {
 }
 
 
-def run_case(strategy: str, case: str, rounds: int, seed: int, out: Path) -> dict:
+def run_case(
+    strategy: str, case: str, rounds: int, seed: int, partition_seed: int | None, out: Path
+) -> dict:
     """Train one case in this (worker) process and return its summary."""
     raw = tomllib.loads(CONFIG.read_text())
     raw["partition"] = {}  # replaced whole: schemes take different keys
     overrides = [*CASES[case], *STRATEGIES[strategy], f"rounds={rounds}", f"seed={seed}"]
     overrides += ["threads=1", f'name="niid-fmnist-{strategy}-{case}"']
+    if partition_seed is not None:
+        overrides.append(f"partition.seed={partition_seed}")
     fed = prepare(parse_config(apply_overrides(raw, overrides), f"case {strategy} {case}"))
     folder = out / f"{strategy}-{case.replace('#', '').replace('=', '')}"
     summary, _ = run_to_folder(fed, folder, overwrite=True)
@@ -111,6 +116,13 @@ def main() -> None:
     parser.add_argument("--strategies", nargs="+", default=["fedavg"], choices=list(STRATEGIES))
     parser.add_argument("--rounds", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--partition-seed",
+        type=int,
+        default=None,
+        help="seed of the partition alone (default: --seed); 42 draws the partitions of "
+        "Flower's NIID-Bench baseline, which made the reference numbers",
+    )
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "niid_fmnist")
     args = parser.parse_args()
@@ -128,7 +140,9 @@ def main() -> None:
         )
         start = time.perf_counter()
         futures = [
-            pool.submit(run_case, strategy, case, args.rounds, args.seed, args.out)
+            pool.submit(
+                run_case, strategy, case, args.rounds, args.seed, args.partition_seed, args.out
+            )
             for strategy in args.strategies
             for case in args.cases
         ]

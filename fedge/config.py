@@ -334,7 +334,7 @@ class EvalConfig(_Section):
     optional client-side evaluation of the global model on each sampled client's data."""
 
     every: PositiveInt = 1
-    batch_size: PositiveInt = 2048
+    batch_size: PositiveInt = 512
     client_eval: bool = False
 
 

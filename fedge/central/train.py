@@ -46,7 +46,7 @@ from fedge.central.job_folder import JobFolder
 from fedge.central.train_config import TrainJobConfig, TrainSection
 from fedge.errors import TrainingError
 from fedge.fl.local import evaluate
-from fedge.models.spec import ModelSpec, build_model, count_parameters
+from fedge.models.spec import ModelSpec, build_model, count_parameters, fast_layout
 
 __all__ = [
     "TrainJob",
@@ -189,7 +189,7 @@ def train_worker(
     to continue from."""
     t = job.config.train
     torch.set_num_threads(t.threads)
-    model = build_model(job.spec, seed=t.seed)
+    model = fast_layout(build_model(job.spec, seed=t.seed))
     params = list(model.parameters())
     for p in params:
         p.grad = torch.zeros_like(p)

@@ -90,7 +90,7 @@ class TrainSection(_Section):
     weight_decay: NonNegativeFloat = 0.0
     warmup_epochs: NonNegativeFloat = 0.0
     seed: int = 0
-    eval_batch_size: PositiveInt = 2048
+    eval_batch_size: PositiveInt = 512
     threads: PositiveInt = 1
 
     @property

@@ -212,10 +212,13 @@ def label_k(
     """Quantity-based label skew "#C=k": every client holds exactly ``k`` labels.
 
     NIID-Bench ``noniid-#label{k}`` (Li et al., ICDE 2022). Client ``i`` holds label
-    ``i mod C`` and ``k - 1`` other distinct labels chosen uniformly at random; the
-    shuffled rows of each label are dealt in near-equal parts (``np.array_split``)
-    to the clients holding it, in client order. Rows of labels that no client holds
-    are left out. With ``k == C`` every client holds every label.
+    ``i mod C`` and ``k - 1`` other distinct labels drawn uniformly at random (draws
+    of a label already held are repeated); the shuffled rows of each label are dealt in
+    near-equal parts (``np.array_split``) to the clients holding it, in client order.
+    The random draws are those of NIID-Bench's procedure as Flower's baseline makes them
+    with ``numpy.random.default_rng(seed)``, so the same seed gives the same partition.
+    Rows of labels that no client holds are left out. With ``k == C`` every client holds every
+    label.
 
     Parameters
     ----------
@@ -240,16 +243,14 @@ def label_k(
     if isinstance(k, bool) or not isinstance(k, int | np.integer) or not 1 <= k <= n_cls:
         raise ConfigError(f"k (labels per client) must be in 1..{n_cls}, got {k!r}")
     rng = np.random.default_rng(seed)
-    own = np.arange(num_clients) % n_cls
-    # A uniform random (k-1)-subset of the other labels: the k-1 smallest of
-    # i.i.d. uniform keys, with the client's own label pushed to the end.
-    keys = rng.random((num_clients, n_cls))
-    keys[np.arange(num_clients), own] = np.inf
-    extra = np.argsort(keys, axis=1)[:, : k - 1]
+    # NIID-Bench's draw, call for call as in Flower's baseline (which uses
+    # numpy.random.default_rng(seed) too, so a seed gives its partition): draw labels
+    # uniformly until k distinct ones are held, then deal each shuffled label.
     holds = np.zeros((num_clients, n_cls), dtype=bool)
-    holds[np.arange(num_clients), own] = True
-    holds[np.arange(num_clients)[:, None], extra] = True
-
+    for i in range(num_clients):
+        holds[i, i % n_cls] = True
+        while holds[i].sum() < k:
+            holds[i, rng.choice(n_cls, 1)[0]] = True
     rows, owners = [], []
     for c in range(n_cls):
         holders = np.flatnonzero(holds[:, c])

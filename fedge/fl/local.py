@@ -168,7 +168,7 @@ def evaluate(
     y: torch.Tensor,
     *,
     params: Mapping[str, torch.Tensor] | None = None,
-    batch_size: int = 2048,
+    batch_size: int = 512,
 ) -> tuple[float, float]:
     """Mean cross-entropy and accuracy of ``model`` (or of ``params`` loaded into it)."""
     if params is not None:

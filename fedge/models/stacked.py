@@ -38,7 +38,11 @@ def stacked_forward(
         h = h.contiguous(memory_format=torch.channels_last)
     else:
         h = x
-    for name, layer in zip(spec.layer_names(), spec.layers, strict=True):
+    layers = list(zip(spec.layer_names(), spec.layers, strict=True))
+    i = 0
+    while i < len(layers):
+        name, layer = layers[i]
+        i += 1
         if isinstance(layer, Conv2d):
             w = params[f"{name}.weight"]
             pad = (layer.kernel_size - 1) // 2 if layer.padding == "same" else 0
@@ -59,9 +63,21 @@ def stacked_forward(
             else:
                 h = h.reshape(k, b, -1)
         elif isinstance(layer, Dense):
-            w = params[f"{name}.weight"]
-            out = torch.bmm(h, w.transpose(1, 2))
-            h = out + params[f"{name}.bias"].unsqueeze(1) if layer.bias else out
+            w = params[f"{name}.weight"].transpose(1, 2)
+            if layer.bias:
+                h = torch.baddbmm(params[f"{name}.bias"].unsqueeze(1), h, w)
+            else:
+                h = torch.bmm(h, w)
         elif isinstance(layer, Activation):
-            h = _ACTIVATIONS[layer.type](h)
+            if i < len(layers) and isinstance(layers[i][1], MaxPool2d):
+                # f(maxpool(h)) = maxpool(f(h)) in values and gradients, as every
+                # activation here is monotone (max picks the same element; where relu
+                # ties at 0 its gradient is 0 either way): pooling first applies the
+                # activation to a quarter of the elements.
+                pool = layers[i][1]
+                pooled = F.max_pool2d(h, pool.pool_size, pool.stride or pool.pool_size)
+                h = _ACTIVATIONS[layer.type](pooled)
+                i += 1
+            else:
+                h = _ACTIVATIONS[layer.type](h)
     return h

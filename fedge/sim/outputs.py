@@ -18,8 +18,6 @@ from typing import Any
 
 import tomli_w
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from safetensors.torch import save_file
 
 from fedge.config import ExperimentConfig
@@ -50,6 +48,11 @@ def plot_history(history: Sequence[Mapping[str, Any]], path: Path, *, title: str
     rounds = [m["round"] for m in history if m.get("test_accuracy") is not None]
     acc = [100 * m["test_accuracy"] for m in history if m.get("test_accuracy") is not None]
     loss = [m["test_loss"] for m in history if m.get("test_loss") is not None]
+    # matplotlib is imported here, not with the module: a simulation that plots only at
+    # the end should not carry it (about 40 MB) through all its rounds.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(10, 4), layout="constrained")
     FigureCanvasAgg(fig)
     ax_acc, ax_loss = fig.subplots(1, 2)

@@ -139,6 +139,40 @@ def test_label_k_client_holds_own_label_and_exactly_k() -> None:
         assert (hist[np.arange(25), np.arange(25) % NUM_CLASSES] > 0).all()
 
 
+def niid_bench_label_k(y: np.ndarray, num_clients: int, k: int, seed: int) -> list[list[int]]:
+    """NIID-Bench's #C=k procedure, written out step by step with a numpy Generator (as
+    Flower's baseline runs it): the oracle that label_k must match row for row."""
+    prng = np.random.default_rng(seed)
+    times = [0] * NUM_CLASSES
+    contains = []
+    for i in range(num_clients):
+        current = [i % NUM_CLASSES]
+        times[i % NUM_CLASSES] += 1
+        while len(current) < k:
+            label = prng.choice(NUM_CLASSES, 1)[0]
+            if label not in current:
+                current.append(label)
+                times[label] += 1
+        contains.append(current)
+    clients: list[list[int]] = [[] for _ in range(num_clients)]
+    for label in range(NUM_CLASSES):
+        rows = np.where(y == label)[0]
+        prng.shuffle(rows)
+        pieces = iter(np.array_split(rows, times[label]))
+        for j in range(num_clients):
+            if label in contains[j]:
+                clients[j] += next(pieces).tolist()
+    return clients
+
+
+@pytest.mark.parametrize(("num_clients", "k", "seed"), [(10, 3, 42), (10, 2, 42), (23, 4, 7)])
+def test_label_k_draws_exactly_niid_benchs_partition(num_clients, k, seed) -> None:
+    y = np.random.default_rng(3).integers(0, NUM_CLASSES, 997)
+    ours = label_k(y, num_clients, k=k, seed=seed)
+    reference = niid_bench_label_k(y, num_clients, k, seed)
+    assert [p.tolist() for p in ours] == reference
+
+
 def test_label_k_splits_each_label_equally_among_holders() -> None:
     y = balanced_labels()
     hist = label_hist(label_k(y, 25, k=3, seed=0), y, NUM_CLASSES)

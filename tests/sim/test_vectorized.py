@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from fedge.models.spec import build_model
 from fedge.sim.experiment import prepare, run
 from fedge.sim.vectorized import VectorizedEngine
 
@@ -77,3 +78,24 @@ def test_full_batch_and_drop_last(digits):
         vec = run(prepare(digits(client=client, engine="vectorized"))).state.params
         for name in seq:
             assert (seq[name] - vec[name]).abs().max().item() <= 1e-4
+
+
+def test_worker_threads_change_no_update_and_keep_the_order(digits, cnn_spec):
+    fed = prepare(digits(model={"spec": cnn_spec}, server={"clients_per_round": 7}))
+    initial = dict(build_model(fed.spec, seed=0).named_parameters())
+    task = fed.strategy.client_task(fed.strategy.init(initial))
+    clients = [5, 0, 3, 7, 1, 6, 2]
+    runs = {}
+    for workers in (1, 2, 3):
+        engine = VectorizedEngine(fed.spec, fed.clients, fed.local, seed=0, workers=workers)
+        try:
+            runs[workers] = list(engine.train_round(fed.strategy, task, clients))
+        finally:
+            engine.close()
+    one = runs[1]
+    for workers in (2, 3):
+        assert [u.client_id for u in runs[workers]] == [u.client_id for u in one]
+        for a, b in zip(one, runs[workers], strict=True):
+            assert a.num_steps == b.num_steps and a.metrics == pytest.approx(b.metrics)
+            for name in a.params:
+                torch.testing.assert_close(a.params[name], b.params[name], rtol=0, atol=1e-5)
