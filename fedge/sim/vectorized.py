@@ -121,11 +121,11 @@ class VectorizedEngine:
             if self._pool is None or len(chunk) < 2 * self.workers:
                 yield from self._train_chunk(strategy, task, chunk, plans, states)
                 continue
-            # Each worker thread trains every workers-th client of the chunk (so all get
-            # a similar mix of step counts) with one intra-op thread: small stacked ops
-            # parallelize better across threads than inside one op. Clients are
-            # independent, so the split changes no result; updates come in chunk order.
-            parts = [chunk[i :: self.workers] for i in range(self.workers)]
+            # Each worker thread trains its share of the chunk as one stack with one
+            # intra-op thread: small stacked ops parallelize better across threads than
+            # inside one op. Clients are independent, so the split changes no result;
+            # updates come in chunk order.
+            parts = _deal(chunk, {k: plans[k].shape[0] for k in chunk}, self.workers)
             threads = torch.get_num_threads()
             torch.set_num_threads(1)
             try:
@@ -213,6 +213,29 @@ class VectorizedEngine:
                 },
             )
             yield strategy.finish_client(replace(task, client_state=states.get(k)), update, cfg)
+
+
+#: A stacked step costs a fixed part plus a part per client still in the stack; on a CPU
+#: the fixed part is about three clients' worth (LeNet, batch 32: 2.4 ms + 0.85 ms/client).
+_STEP_OVERHEAD_CLIENTS = 3
+
+
+def _deal(chunk: Sequence[int], steps: Mapping[int, int], workers: int) -> list[list[int]]:
+    """Split ``chunk`` among ``workers`` threads so that their times come out even.
+
+    A thread's time is estimated as ``overhead * (its longest client's steps) + (its
+    clients' total steps)``; clients are dealt longest first, each to the thread with the
+    smallest estimate so far (LPT scheduling). Each share is sorted by step count, as
+    :meth:`VectorizedEngine._train_chunk` requires.
+    """
+    parts: list[list[int]] = [[] for _ in range(workers)]
+    longest, total = [0] * workers, [0] * workers
+    for k in sorted(chunk, key=lambda k: (-steps[k], k)):
+        i = min(range(workers), key=lambda i: _STEP_OVERHEAD_CLIENTS * longest[i] + total[i])
+        parts[i].append(k)
+        longest[i] = max(longest[i], steps[k])
+        total[i] += steps[k]
+    return [sorted(p, key=lambda k: (steps[k], k)) for p in parts if p]
 
 
 def _slice_task(task: ClientTask, own: dict[str, Params] | None, start: int) -> ClientTask:
