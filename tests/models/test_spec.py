@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from fedge.errors import ModelSpecError
-from fedge.models.spec import build_model, count_parameters, load_spec, preset_spec
+from fedge.fl.local import get_params
+from fedge.models.spec import build_model, count_parameters, fast_layout, load_spec, preset_spec
 
 
 @pytest.mark.parametrize(
@@ -112,3 +113,18 @@ def test_unreadable_spec_files_raise_model_spec_error(tmp_path):
 def test_unknown_preset_is_rejected():
     with pytest.raises(ModelSpecError, match="unknown model preset"):
         preset_spec("resnet", (1, 28, 28), 10)
+
+
+def test_fast_layout_keeps_the_function_and_get_params_gives_contiguous_tensors():
+    spec = preset_spec("lenet", (1, 28, 28), 10)
+    reference, fast = build_model(spec, seed=3), fast_layout(build_model(spec, seed=3))
+    assert fast.get_parameter("conv2d0.weight").is_contiguous(memory_format=torch.channels_last)
+    x = torch.randn(5, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), reference(x), rtol=1e-5, atol=1e-5)
+    params = get_params(fast)
+    assert all(p.is_contiguous() for p in params.values())
+    for name, p in reference.named_parameters():
+        torch.testing.assert_close(params[name], p.detach(), rtol=0, atol=0)
+    mlp = preset_spec("mlp", (1, 8, 8), 10)
+    assert fast_layout(build_model(mlp)).get_parameter("dense1.weight").is_contiguous()
