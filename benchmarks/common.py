@@ -24,7 +24,9 @@ def config(
         raw[table] = {}
     for table in drop:
         raw.pop(table, None)
-    return parse_config(apply_overrides(raw, [*overrides, "threads=1"]), str(path))
+    # Cases run in parallel single-thread processes, with the reference engine.
+    settings = [*overrides, "threads=1", 'engine="sequential"']
+    return parse_config(apply_overrides(raw, settings), str(path))
 
 
 def in_parallel(fn: Callable[..., Any], jobs: list[tuple], workers: int) -> Iterator[Any]:

@@ -79,7 +79,7 @@ def run_case(
     raw = tomllib.loads(CONFIG.read_text())
     raw["partition"] = {}  # replaced whole: schemes take different keys
     overrides = [*CASES[case], *STRATEGIES[strategy], f"rounds={rounds}", f"seed={seed}"]
-    overrides += ["threads=1", f'name="niid-fmnist-{strategy}-{case}"']
+    overrides += ["threads=1", 'engine="sequential"', f'name="niid-fmnist-{strategy}-{case}"']
     if partition_seed is not None:
         overrides.append(f"partition.seed={partition_seed}")
     fed = prepare(parse_config(apply_overrides(raw, overrides), f"case {strategy} {case}"))

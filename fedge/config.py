@@ -341,16 +341,17 @@ class EvalConfig(_Section):
 class ExperimentConfig(_Section):
     """A whole federated simulation.
 
-    ``engine`` picks how clients run: ``sequential`` (the reference, one after another),
-    ``vectorized`` (stacked chunks of clients in one model; ``max_memory_mb`` bounds
-    a chunk) or ``ray`` (Ray worker actors: a local runtime, or the running cluster at
-    ``ray_address`` such as ``"auto"`` or ``"ray://host:port"``; ``ray_workers`` actors,
-    default one per CPU Ray reports). All give the same model for the same seed."""
+    ``engine`` picks how clients run: ``vectorized`` (the default: stacked chunks of
+    clients in one model, split over ``threads`` worker threads; ``max_memory_mb`` bounds
+    a chunk), ``sequential`` (the reference, one client after another) or ``ray`` (Ray
+    worker actors: a local runtime, or the running cluster at ``ray_address`` such as
+    ``"auto"`` or ``"ray://host:port"``; ``ray_workers`` actors, default one per CPU Ray
+    reports). All give the same model for the same seed."""
 
     name: str = "experiment"
     seed: int = 0
     rounds: PositiveInt
-    engine: Literal["sequential", "vectorized", "ray"] = "sequential"
+    engine: Literal["sequential", "vectorized", "ray"] = "vectorized"
     ray_address: str | None = None
     ray_workers: PositiveInt | None = None
     max_memory_mb: PositiveInt = 2048

@@ -74,7 +74,7 @@ def test_full_batch_and_drop_last(digits):
         {"epochs": 2, "batch_size": None, "lr": 0.5},
         {"epochs": 2, "batch_size": 24, "lr": 0.1, "drop_last": True},
     ):
-        seq = run(prepare(digits(client=client))).state.params
+        seq = run(prepare(digits(client=client, engine="sequential"))).state.params
         vec = run(prepare(digits(client=client, engine="vectorized"))).state.params
         for name in seq:
             assert (seq[name] - vec[name]).abs().max().item() <= 1e-4
