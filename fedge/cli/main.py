@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from collections.abc import Mapping
@@ -91,12 +92,36 @@ def simulate(
     ] = None,
     force: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+    engine: Annotated[
+        str | None,
+        typer.Option(help="vectorized (default), sequential or ray; same as --set engine=..."),
+    ] = None,
+    max_memory: Annotated[
+        int | None, typer.Option(help="MiB for one vectorized chunk (max_memory_mb).")
+    ] = None,
+    threads: Annotated[int | None, typer.Option(help="torch threads (threads).")] = None,
+    ray_address: Annotated[
+        str | None, typer.Option(help="Ray cluster to join: auto, host:port, ray://host:port.")
+    ] = None,
+    ray_workers: Annotated[int | None, typer.Option(help="Ray worker actors.")] = None,
 ) -> None:
-    """Run a federated simulation and write metrics, a summary, a plot and the model."""
+    """Run a federated simulation and write metrics, a summary, a plot and the model.
+
+    The engine options are shortcuts for the config keys of the same name; they win over
+    the file and over --set.
+    """
     from fedge.config import load_config
     from fedge.sim.experiment import prepare, run_to_folder
 
-    cfg = load_config(config, overrides or [])
+    shortcuts = {
+        "engine": engine,
+        "max_memory_mb": max_memory,
+        "threads": threads,
+        "ray_address": ray_address,
+        "ray_workers": ray_workers,
+    }
+    extra = [f"{key}={json.dumps(value)}" for key, value in shortcuts.items() if value is not None]
+    cfg = load_config(config, [*(overrides or []), *extra])
     with console.status("loading data and partitioning", spinner="dots"):
         fed = prepare(cfg)
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")

@@ -42,6 +42,15 @@ def test_simulate_writes_a_complete_result(tmp_path):
     assert (out / "curves.png").stat().st_size > 1000
 
 
+def test_engine_options_override_the_file_and_set(tmp_path):
+    args = ["--set", "rounds=1", "--set", 'engine="ray"', "--engine", "sequential"]
+    result = _invoke(tmp_path, DIGITS.read_text(), *args, "--threads", "1", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert "engine sequential" in result.output
+    config = (tmp_path / "out" / "config.toml").read_text()
+    assert 'engine = "sequential"' in config and "threads = 1" in config
+
+
 def _invoke(tmp_path, config_text, *args):
     cfg = tmp_path / "exp.toml"
     cfg.write_text(config_text)
@@ -57,6 +66,8 @@ BAD = [
     ("", ["--set", "partition.scheme=zipf"], "unknown choice 'zipf'"),
     ("", ["--set", "model.preset=resnet"], "model.preset"),
     ("", ["--set", "nonsense"], "not of the form key=value"),
+    ("", ["--engine", "gpu"], "engine: Input should be 'sequential', 'vectorized' or 'ray'"),
+    ("", ["--max-memory", "0"], "max_memory_mb: Input should be greater than 0"),
 ]
 
 
