@@ -4,8 +4,8 @@ convolutions and batched matrix products, one autograd pass) against ``torch.fun
 
 Both compute every client's gradient of its mean cross-entropy on its own batch; the
 script checks that they agree (to rounding: where two inputs of a max-pool window tie
-within rounding either may win, which moves one gradient entry), then times each (median of ``--steps`` steps after a
-warm-up, torch's default threads).
+within rounding either may win, which moves one gradient entry), then times each
+(median of ``--steps`` steps after a warm-up, torch's default threads).
 
     python benchmarks/stacked_vs_vmap.py                  # LeNet, K=50, B=10
     python benchmarks/stacked_vs_vmap.py --clients 10 --batch 32
