@@ -14,6 +14,7 @@ from collections.abc import Mapping
 import torch
 import torch.nn.functional as F
 
+from fedge.errors import ModelSpecError
 from fedge.models.spec import Activation, Conv2d, Dense, Flatten, MaxPool2d, ModelSpec
 
 __all__ = ["stacked_forward"]
@@ -80,4 +81,6 @@ def stacked_forward(
                 i += 1
             else:
                 h = _ACTIVATIONS[layer.type](h)
+        else:  # a layer type added to the spec must be taught to this function too
+            raise ModelSpecError(f"the vectorized engine cannot stack a {layer.type} layer")
     return h
