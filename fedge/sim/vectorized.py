@@ -7,9 +7,9 @@ applied to the whole stack with foreach kernels. Clients of unequal size are han
 masking (a padded batch row has weight zero in its client's mean loss) and by sorting a
 chunk by step count, so that the clients still training are always a suffix of the stack
 and finished ones cost nothing. With several worker threads (default: torch's thread
-count) a chunk is dealt round-robin to the threads, each training its share as one stack
-with a single intra-op thread: stacks of a few small clients keep two cores busier this
-way than inside each op.
+count) a chunk is dealt to the threads by estimated time (:func:`_deal`), each training
+its share as one stack with a single intra-op thread: stacks of a few small clients keep
+two cores busier this way than inside each op.
 
 It computes exactly what :class:`~fedge.sim.engine.SequentialEngine` computes (same
 batches from the same per-client random streams, same update rule; see
