@@ -49,7 +49,7 @@ def plot_history(history: Sequence[Mapping[str, Any]], path: Path, *, title: str
     acc = [100 * m["test_accuracy"] for m in history if m.get("test_accuracy") is not None]
     loss = [m["test_loss"] for m in history if m.get("test_loss") is not None]
     # matplotlib is imported here, not with the module: a simulation that plots only at
-    # the end should not carry it (about 40 MB) through all its rounds.
+    # the end should not carry it (about 30 MB) through all its rounds.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
