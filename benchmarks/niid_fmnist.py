@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 import tomllib
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -73,13 +74,22 @@ PAPER: dict[tuple[str, str], float] = {
 
 
 def run_case(
-    strategy: str, case: str, rounds: int, seed: int, partition_seed: int | None, out: Path
+    strategy: str,
+    case: str,
+    rounds: int,
+    seed: int,
+    partition_seed: int | None,
+    engine: str,
+    out: Path,
 ) -> dict:
     """Train one case in this (worker) process and return its summary."""
     raw = tomllib.loads(CONFIG.read_text())
     raw["partition"] = {}  # replaced whole: schemes take different keys
     overrides = [*CASES[case], *STRATEGIES[strategy], f"rounds={rounds}", f"seed={seed}"]
-    overrides += ["threads=1", 'engine="sequential"', f'name="niid-fmnist-{strategy}-{case}"']
+    overrides += [f'engine="{engine}"', f'name="niid-fmnist-{strategy}-{case}"']
+    # One case per core, or the vectorized engine on all cores (set explicitly: the
+    # plain-PyTorch baseline left this worker process at one thread).
+    overrides.append(f"threads={1 if engine == 'sequential' else os.cpu_count()}")
     if partition_seed is not None:
         overrides.append(f"partition.seed={partition_seed}")
     fed = prepare(parse_config(apply_overrides(raw, overrides), f"case {strategy} {case}"))
@@ -123,7 +133,14 @@ def main() -> None:
         help="seed of the partition alone (default: --seed); 42 draws the partitions of "
         "Flower's NIID-Bench baseline, which made the reference numbers",
     )
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=2, help="cases at once")
+    parser.add_argument(
+        "--engine",
+        default="sequential",
+        choices=["sequential", "vectorized"],
+        help="sequential: one single-thread case per worker; vectorized: use --workers 1, "
+        "it trains the 10 clients stacked on all cores (about 1.5x faster here)",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "niid_fmnist")
     args = parser.parse_args()
 
@@ -141,7 +158,14 @@ def main() -> None:
         start = time.perf_counter()
         futures = [
             pool.submit(
-                run_case, strategy, case, args.rounds, args.seed, args.partition_seed, args.out
+                run_case,
+                strategy,
+                case,
+                args.rounds,
+                args.seed,
+                args.partition_seed,
+                args.engine,
+                args.out,
             )
             for strategy in args.strategies
             for case in args.cases
