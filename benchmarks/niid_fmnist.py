@@ -16,6 +16,8 @@ throughput is printed as a ratio against the hardware's in the same run.
     python benchmarks/niid_fmnist.py                  # FedAvg's four cases, ~85 min on 2 cores
     python benchmarks/niid_fmnist.py --strategies fedprox scaffold fednova --cases iid dir0.5 '#C=3'
     python benchmarks/niid_fmnist.py --cases '#C=2' '#C=3' --partition-seed 42  # Flower's
+    python benchmarks/niid_fmnist.py --strategies fedprox --cases '#C=3' --partition-seed 42 \
+        --engine vectorized --workers 1   # one case at a time, clients stacked on all cores
     python benchmarks/niid_fmnist.py --cases iid --rounds 5   # a quick look
 """
 
