@@ -56,7 +56,7 @@ def stacked_forward(
                 groups=k,
             )
         elif isinstance(layer, MaxPool2d):
-            h = F.max_pool2d(h, layer.pool_size, layer.stride or layer.pool_size)
+            h = _pool(h, layer)
         elif isinstance(layer, Flatten):
             if image:
                 h = h.reshape(b, k, -1).transpose(0, 1)
@@ -74,13 +74,15 @@ def stacked_forward(
                 # f(maxpool(h)) = maxpool(f(h)) in values and gradients, as every
                 # activation here is monotone (max picks the same element; where relu
                 # ties at 0 its gradient is 0 either way): pooling first applies the
-                # activation to a quarter of the elements.
-                pool = layers[i][1]
-                pooled = F.max_pool2d(h, pool.pool_size, pool.stride or pool.pool_size)
-                h = _ACTIVATIONS[layer.type](pooled)
+                # activation to fewer elements (a quarter, for 2x2 pooling).
+                h = _ACTIVATIONS[layer.type](_pool(h, layers[i][1]))
                 i += 1
             else:
                 h = _ACTIVATIONS[layer.type](h)
         else:  # a layer type added to the spec must be taught to this function too
             raise ModelSpecError(f"the vectorized engine cannot stack a {layer.type} layer")
     return h
+
+
+def _pool(h: torch.Tensor, layer: MaxPool2d) -> torch.Tensor:
+    return F.max_pool2d(h, layer.pool_size, layer.stride or layer.pool_size)
