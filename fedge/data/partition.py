@@ -127,12 +127,13 @@ def dirichlet(
 ) -> list[np.ndarray]:
     """Label-distribution skew: each class split among clients by Dir(β) proportions.
 
-    NIID-Bench ``noniid-labeldir`` (Li et al., ICDE 2022). Class by class, draw
-    ``p ~ Dir(β · 1)`` over clients; zero the share of every client that already
-    holds at least ``N / num_clients`` rows (their balancing step), renormalise, and
-    cut the shuffled rows of the class at ``floor(cumsum(p) · n_class)``. The whole
-    draw is repeated until every client holds at least ``min_size`` rows. Each
-    client's rows are returned in random order.
+    NIID-Bench ``noniid-labeldir`` (Li et al., ICDE 2022). Class by class, shuffle the
+    class's rows and draw ``p ~ Dir(β · 1)`` over clients; zero the share of every
+    client that already holds at least ``N / num_clients`` rows (their balancing step),
+    renormalise, and cut the shuffled rows at ``floor(cumsum(p) · n_class)``. The whole
+    draw is repeated until every client holds at least ``min_size`` rows. The draws are
+    NIID-Bench's call for call, as Flower's baseline makes them with
+    ``numpy.random.default_rng(seed)``, so a seed gives that baseline's partition.
 
     Parameters
     ----------
@@ -153,7 +154,8 @@ def dirichlet(
     Returns
     -------
     list of np.ndarray
-        One int64 index array per client, covering every row.
+        One int64 index array per client, covering every row; rows grouped by label in
+        ascending order, shuffled within a label.
 
     Raises
     ------
@@ -166,24 +168,23 @@ def dirichlet(
     n_rows = y.shape[0]
     _check_min_size(min_size, n_rows, num_clients)
     rng = np.random.default_rng(seed)
-    by_class = np.argsort(y, kind="stable")
-    class_sizes = np.bincount(y, minlength=n_cls)
+    class_rows = [np.flatnonzero(y == c) for c in range(n_cls)]
     cap = n_rows / num_clients
     alpha = np.full(num_clients, b)
 
     for _ in range(MAX_TRIES):
         held = np.zeros(num_clients, dtype=np.int64)
-        owners = []
-        for n_k in class_sizes:
+        parts: list[list[np.ndarray]] = [[] for _ in range(num_clients)]
+        for idx in class_rows:
+            idx = rng.permutation(idx)
             p = rng.dirichlet(alpha) * (held < cap)
             total = p.sum()
-            if not total > 0:
+            if not total > 0:  # every client full: impossible while rows remain
                 break
-            cuts = (np.cumsum(p / total) * n_k).astype(np.int64)
-            cuts[-1] = n_k
-            sizes = np.diff(cuts, prepend=0)
-            held += sizes
-            owners.append(np.repeat(np.arange(num_clients), sizes))
+            cuts = (np.cumsum(p / total) * idx.size).astype(np.int64)[:-1]
+            for j, piece in enumerate(np.split(idx, cuts)):
+                parts[j].append(piece)
+                held[j] += piece.size
         else:
             if held.min() >= min_size:
                 break
@@ -193,12 +194,7 @@ def dirichlet(
             f"than min_size={min_size} rows in {MAX_TRIES} draws; raise beta or lower "
             "min_size or num_clients"
         )
-    # Within a class, which rows go to which client is a random permutation of the
-    # owner list; a global permutation before the stable grouping then shuffles each
-    # client's rows, as NIID-Bench does at the end.
-    owner = np.concatenate([rng.permutation(o) for o in owners])
-    mix = rng.permutation(n_rows)
-    return _group(by_class[mix], owner[mix], num_clients)
+    return [np.concatenate(p).astype(np.int64, copy=False) for p in parts]
 
 
 def label_k(
@@ -332,7 +328,8 @@ def quantity_skew(
     Returns
     -------
     list of np.ndarray
-        One int64 index array per client, covering every row.
+        One int64 index array per client, covering every row; rows grouped by label in
+        ascending order, shuffled within a label.
 
     Raises
     ------

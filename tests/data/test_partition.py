@@ -120,6 +120,42 @@ def test_dirichlet_balancing_stops_feeding_full_clients() -> None:
         assert max(sizes) < 200
 
 
+def niid_bench_dirichlet(
+    y: np.ndarray, num_clients: int, beta: float, seed: int, min_size: int = 10
+) -> list[list[int]]:
+    """NIID-Bench's Dir(β) procedure, written out step by step with a numpy Generator (as
+    Flower's baseline runs it): the oracle that dirichlet must match row for row."""
+    prng = np.random.default_rng(seed)
+    smallest = 0
+    while smallest < min_size:
+        clients: list[list[int]] = [[] for _ in range(num_clients)]
+        for c in range(NUM_CLASSES):
+            idx_c = np.where(y == c)[0]
+            prng.shuffle(idx_c)
+            p = prng.dirichlet(np.repeat(beta, num_clients))
+            p = np.array(
+                [q * (len(rows) < len(y) / num_clients) for q, rows in zip(p, clients, strict=True)]
+            )
+            p = p / p.sum()
+            cuts = (np.cumsum(p) * len(idx_c)).astype(int)[:-1]
+            clients = [
+                rows + part.tolist()
+                for rows, part in zip(clients, np.split(idx_c, cuts), strict=True)
+            ]
+        smallest = min(len(rows) for rows in clients)
+    return clients
+
+
+@pytest.mark.parametrize(
+    ("num_clients", "beta", "seed"), [(10, 0.5, 42), (10, 0.1, 42), (23, 1.0, 7), (30, 0.1, 0)]
+)
+def test_dirichlet_draws_exactly_niid_benchs_partition(num_clients, beta, seed) -> None:
+    # (30, 0.1, 0): the first draws leave a client below min_size, so it redraws.
+    y = np.random.default_rng(3).integers(0, NUM_CLASSES, 2003)
+    ours = dirichlet(y, num_clients, beta=beta, seed=seed)
+    assert [p.tolist() for p in ours] == niid_bench_dirichlet(y, num_clients, beta, seed)
+
+
 def test_dirichlet_gives_up_with_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(part_mod, "MAX_TRIES", 5)
     with pytest.raises(DataError, match=r"beta=0\.001.*50 clients.*min_size=15"):

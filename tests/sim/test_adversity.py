@@ -91,8 +91,10 @@ def test_stragglers_are_dropped_for_fedavg_and_kept_for_fedprox(digits):
 )
 def test_every_strategy_runs_from_a_config_and_learns(digits, strategy):
     server = {"clients_per_round": 8}
-    history = run(prepare(digits(rounds=3, strategy=strategy, server=server))).history
-    assert history[-1]["test_accuracy"] > 0.2  # chance is 0.1
+    history = run(prepare(digits(rounds=5, strategy=strategy, server=server))).history
+    # chance is 0.1; after 5 rounds the slowest here (multi-Krum keeping 2 of 8 skewed
+    # updates, FedAdagrad at server lr 0.1) reach about 0.3
+    assert history[-1]["test_accuracy"] > 0.2
 
 
 def test_multi_krum_needs_m(digits):
