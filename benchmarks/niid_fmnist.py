@@ -93,8 +93,9 @@ def run_case(
     raw = tomllib.loads(CONFIG.read_text())
     raw["partition"] = {}  # replaced whole: schemes take different keys
     overrides = [*CASES[case], *STRATEGIES[strategy], f"rounds={rounds}", f"seed={seed}"]
-    label = f"{strategy}-mu{mu:g}" if strategy == "fedprox" else strategy
+    label = strategy
     if strategy == "fedprox":
+        label = f"fedprox-mu{mu:g}"
         overrides.append(f"strategy.mu={mu}")
     overrides += [f'engine="{engine}"', f'name="niid-fmnist-{label}-{case}"']
     # One case per core, or the vectorized engine on all cores (set explicitly: the
@@ -109,6 +110,7 @@ def run_case(
     examples = sum(m["samples"] for m in history) * fed.local.epochs
     summary["samples_per_second"] = examples / sum(m["seconds"] for m in history)
     summary["case"] = case
+    summary["label"] = label
     summary["paper"] = PAPER.get((strategy, case))
     return summary
 
@@ -198,9 +200,8 @@ def main() -> None:
                 else (f"NIID-Bench {s['paper']:.1f}%, gap {acc - s['paper']:+.2f} pt")
             )
             results.append(s)
-            name = f"fedprox mu={args.mu:g}" if s["strategy"] == "fedprox" else s["strategy"]
             print(
-                f"{name:>8} {s['case']:>6}: final {acc:.2f}% "
+                f"{s['label']:>8} {s['case']:>6}: final {acc:.2f}% "
                 f"(best {100 * s['best_test_accuracy']:.2f}% @ round {s['best_round']}), "
                 f"{paper}; {s['seconds']:.0f} s wall, {s['samples_per_second']:,.0f} "
                 f"examples/s = {s['ratio_vs_plain']:.2f}x plain PyTorch",
