@@ -1,12 +1,15 @@
 """Reproduce NIID-Bench's Fashion-MNIST rows with fedge.
 
 Li, Diao, Chen, He. "Federated Learning on Non-IID Data Silos: An Experimental Study".
-ICDE 2022, Table III (FMNIST; the values reproduced by Flower's baseline):
-FedAvg IID 89.0, Dir(0.5) 88.4, #C=2 81.0, #C=3 83.2; FedProx (μ = 0.01) IID 89.5,
-Dir(0.5) 88.6, #C=3 82.5; SCAFFOLD IID 89.5, Dir(0.5) 88.4, #C=3 84.2; FedNova IID 89.3,
-Dir(0.5) 88.1, #C=3 83.2. Setting: 10 clients all sampled each round, 50 rounds, 10 local
-epochs, batch 64, SGD lr 0.01 momentum 0.9 (weight decay 1e-5), LeNet-style CNN; see
-examples/niid_fmnist.toml.
+ICDE 2022, Table III (FMNIST), the reference values of issues 2 and 3: FedAvg IID 89.0,
+Dir(0.5) 88.4, #C=2 81.0, #C=3 83.2; FedProx IID 89.5, Dir(0.5) 88.6, #C=3 82.5; SCAFFOLD
+IID 89.5, Dir(0.5) 88.4, #C=3 84.2; FedNova IID 89.3, Dir(0.5) 88.1, #C=3 83.2. Flower's
+baseline (``baselines/niid_bench``) publishes its own table: the best round of 50, mean ±
+std of 3 runs, all on the seed-42 partitions (e.g. FedAvg Dir(0.5) 88.09 ± 0.29, FedProx
+88.15 ± 0.42). Setting: 10 clients all sampled each round, 50 rounds, 10 local epochs, batch
+64, SGD lr 0.01 momentum 0.9 (weight decay 1e-5), LeNet-style CNN; see
+examples/niid_fmnist.toml. Each case prints its final and its best round; ``--seeds 0 1 2``
+runs every case once per experiment seed and prints mean ± std over them.
 
 With the sequential engine (the default), cases run in parallel worker processes with one
 thread each (two processes with one thread outrun one process with two threads on a 2-core
@@ -22,6 +25,8 @@ hardware's in the same run.
     python benchmarks/niid_fmnist.py --cases '#C=2' '#C=3' --partition-seed 42  # Flower's
     python benchmarks/niid_fmnist.py --strategies fedprox scaffold fednova --partition-seed 42 \
         --cases iid dir0.5 '#C=3' --engine vectorized --workers 1   # ~11 min per case
+    python benchmarks/niid_fmnist.py --strategies fedavg --cases dir0.5 --seeds 0 1 2 3 \
+        --partition-seed 42 --engine vectorized --workers 1   # spread over seeds
     python benchmarks/niid_fmnist.py --cases iid --rounds 5   # a quick look
 """
 
@@ -30,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import time
 import tomllib
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -88,6 +94,7 @@ def run_case(
     partition_seed: int | None,
     engine: str,
     out: Path,
+    seed_in_name: bool = False,
 ) -> dict:
     """Train one case in this (worker) process and return its summary."""
     raw = tomllib.loads(CONFIG.read_text())
@@ -105,6 +112,8 @@ def run_case(
         overrides.append(f"partition.seed={partition_seed}")
     fed = prepare(parse_config(apply_overrides(raw, overrides), f"case {label} {case}"))
     folder = out / f"{label}-{case.replace('#', '').replace('=', '')}"
+    if seed_in_name:
+        folder = folder.with_name(f"{folder.name}-seed{seed}")
     summary, _ = run_to_folder(fed, folder, overwrite=True)
     history = [json.loads(line) for line in (folder / "metrics.jsonl").open()]
     examples = sum(m["samples"] for m in history) * fed.local.epochs
@@ -132,6 +141,28 @@ def plain_pytorch_throughput(seconds: float = 8.0) -> float:
     return seen / (time.perf_counter() - start)
 
 
+def print_over_seeds(results: list[dict]) -> None:
+    """Mean ± sample standard deviation over seeds of each case's final and best round."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for s in results:
+        groups.setdefault((s["label"], s["case"]), []).append(s)
+    for (label, case), runs in groups.items():
+        final = [100 * r["final_test_accuracy"] for r in runs]
+        best = [100 * r["best_test_accuracy"] for r in runs]
+        line = (
+            f"{label:>8} {case:>6} over {len(runs)} seeds: final {statistics.mean(final):.2f} "
+            f"± {statistics.stdev(final):.2f}% ({min(final):.2f}–{max(final):.2f}), best round "
+            f"{statistics.mean(best):.2f} ± {statistics.stdev(best):.2f}%"
+        )
+        paper = runs[0]["paper"]
+        if paper is not None:
+            line += (
+                f"; gap to NIID-Bench {paper:.1f}%: final {statistics.mean(final) - paper:+.2f}"
+                f", best {statistics.mean(best) - paper:+.2f} pt"
+            )
+        print(line, flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
@@ -144,13 +175,22 @@ def main() -> None:
         "0.001, 0.01, 0.1 and 1 and reports the best",
     )
     parser.add_argument("--rounds", type=int, default=50)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seed",
+        "--seeds",
+        dest="seeds",
+        type=int,
+        nargs="+",
+        default=[0],
+        help="experiment seed(s): model initialization and batch order (default 0); with "
+        "several, each case runs once per seed and the mean and spread are printed",
+    )
     parser.add_argument(
         "--partition-seed",
         type=int,
         default=None,
-        help="seed of the partition alone (default: --seed); 42 draws the partitions of "
-        "Flower's NIID-Bench baseline, which made the reference numbers",
+        help="seed of the partition alone (default: the experiment seed); 42 draws the "
+        "partitions of Flower's NIID-Bench baseline, which made the reference numbers",
     )
     parser.add_argument("--workers", type=int, default=2, help="cases at once")
     parser.add_argument(
@@ -182,13 +222,15 @@ def main() -> None:
                 case,
                 args.mu,
                 args.rounds,
-                args.seed,
+                seed,
                 args.partition_seed,
                 args.engine,
                 args.out,
+                len(args.seeds) > 1,
             )
             for strategy in args.strategies
             for case in args.cases
+            for seed in args.seeds
         ]
         for future in as_completed(futures):
             s = future.result()
@@ -200,14 +242,17 @@ def main() -> None:
                 else (f"NIID-Bench {s['paper']:.1f}%, gap {acc - s['paper']:+.2f} pt")
             )
             results.append(s)
+            seed_note = f" seed {s['seed']}" if len(args.seeds) > 1 else ""
             print(
-                f"{s['label']:>8} {s['case']:>6}: final {acc:.2f}% "
+                f"{s['label']:>8} {s['case']:>6}{seed_note}: final {acc:.2f}% "
                 f"(best {100 * s['best_test_accuracy']:.2f}% @ round {s['best_round']}), "
                 f"{paper}; {s['seconds']:.0f} s wall, {s['samples_per_second']:,.0f} "
                 f"examples/s = {s['ratio_vs_plain']:.2f}x plain PyTorch",
                 flush=True,
             )
     print(f"total wall time {time.perf_counter() - start:.0f} s with {args.workers} workers")
+    if len(args.seeds) > 1:
+        print_over_seeds(results)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"results-{'-'.join(args.strategies)}-mu{args.mu:g}.json").write_text(
         json.dumps(
