@@ -27,6 +27,8 @@ hardware's in the same run.
         --cases iid dir0.5 '#C=3' --engine vectorized --workers 1   # ~11 min per case
     python benchmarks/niid_fmnist.py --strategies fedavg --cases dir0.5 --seeds 0 1 2 3 \
         --partition-seed 42 --engine vectorized --workers 1   # spread over seeds
+    python benchmarks/niid_fmnist.py --cases dir0.5 --partition-seed 42 --engine plain \
+        --workers 1   # the same FedAvg as a textbook PyTorch loop, a cross-check
     python benchmarks/niid_fmnist.py --cases iid --rounds 5   # a quick look
 """
 
@@ -48,7 +50,7 @@ import torch.nn.functional as F
 from fedge.config import apply_overrides, parse_config
 from fedge.data.fashion_mnist import load_fashion_mnist
 from fedge.models.spec import build_model, preset_spec
-from fedge.sim.experiment import prepare, run_to_folder
+from fedge.sim.experiment import Federation, prepare, run_to_folder
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "examples" / "niid_fmnist.toml"
@@ -150,7 +152,7 @@ class FlowerCNN(torch.nn.Module):
         return self.fc3(F.relu(self.fc2(F.relu(self.fc1(x)))))
 
 
-def plain_pytorch_run(fed, mu: float, folder: Path) -> dict:
+def plain_pytorch_run(fed: Federation, mu: float, folder: Path) -> dict:
     """FedAvg (or FedProx with ``mu`` > 0) as a textbook PyTorch loop, no fedge involved.
 
     A cross-check of fedge's engines: the loop of Flower's NIID-Bench baseline, on the
@@ -167,6 +169,7 @@ def plain_pytorch_run(fed, mu: float, folder: Path) -> dict:
     rows = [torch.as_tensor(r, dtype=torch.int64) for r in fed.partition]
     data = [(fed.data.train.x[r], fed.data.train.y[r]) for r in rows]
     sizes = [len(r) for r in rows]
+    total_n = sum(sizes)
     net = FlowerCNN()
     global_state = {k: v.clone() for k, v in net.state_dict().items()}
     history = []
@@ -197,7 +200,7 @@ def plain_pytorch_run(fed, mu: float, folder: Path) -> dict:
                         loss.backward()
                         opt.step()
                 for k, v in net.state_dict().items():
-                    total[k] += v * (n / sum(sizes))
+                    total[k] += v * (n / total_n)
             global_state = total
             net.load_state_dict(global_state)
             net.eval()
@@ -207,7 +210,7 @@ def plain_pytorch_run(fed, mu: float, folder: Path) -> dict:
                 "round": round_,
                 "test_accuracy": (logits.argmax(1) == fed.data.test.y).float().mean().item(),
                 "test_loss": F.cross_entropy(logits, fed.data.test.y).item(),
-                "samples": sum(sizes),
+                "samples": total_n,
                 "seconds": time.perf_counter() - t0,
             }
             history.append(metrics)
