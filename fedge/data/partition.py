@@ -328,8 +328,7 @@ def quantity_skew(
     Returns
     -------
     list of np.ndarray
-        One int64 index array per client, covering every row; rows grouped by label in
-        ascending order, shuffled within a label.
+        One int64 index array per client, covering every row, in random order.
 
     Raises
     ------
