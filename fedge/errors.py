@@ -18,8 +18,10 @@ __all__ = [
     "RegistryError",
     "RequestRejected",
     "ServingError",
+    "StaleUpdate",
     "StorageError",
     "TrainingError",
+    "Unauthorized",
     "UpdateRejected",
 ]
 
@@ -49,13 +51,30 @@ class ModelSpecError(FedgeError):
 
 
 class ProtocolError(FedgeError):
-    """A message between server and client breaks the protocol."""
+    """A message between server and client breaks the protocol; ``status`` is the HTTP
+    status the federation server answers it with."""
 
     exit_code = 5
+    status: int = 400
 
 
 class UpdateRejected(ProtocolError):
     """A client update was refused (wrong shapes, non-finite values, ...)."""
+
+    status = 400
+
+
+class StaleUpdate(ProtocolError):
+    """An update or request names a round or model version that is not the open one, the
+    round has closed, or the device already reported (answered 409 by the server)."""
+
+    status = 409
+
+
+class Unauthorized(ProtocolError):
+    """Unknown device, wrong token or wrong enrollment secret (answered 401)."""
+
+    status = 401
 
 
 class StorageError(FedgeError):

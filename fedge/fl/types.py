@@ -95,7 +95,7 @@ class ClientUpdate:
     Attributes
     ----------
     client_id:
-        Index of the client in the federation.
+        Index of the client in the simulation, or its device id in a deployment.
     params:
         The client's model after local training (w_k).
     num_samples:
@@ -110,7 +110,7 @@ class ClientUpdate:
         The client's new own state, kept by the client and never sent to the server.
     """
 
-    client_id: int
+    client_id: int | str
     params: Params
     num_samples: int
     num_steps: int

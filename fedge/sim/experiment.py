@@ -21,9 +21,9 @@ import torch
 from fedge.config import ExperimentConfig, KrumAggregator
 from fedge.data.dataset import FederatedData
 from fedge.data.load import load_data, partition_data
-from fedge.errors import ConfigError, FedgeError, UpdateRejected
+from fedge.errors import ConfigError
 from fedge.fl.local import LocalTraining, evaluate
-from fedge.fl.pipeline import check_update
+from fedge.fl.rounds import RoundCoordinator, RoundPolicy, RoundTally
 from fedge.fl.sampling import clients_per_round, sample_clients
 from fedge.fl.strategy import Strategy
 from fedge.fl.types import ClientTask, ClientUpdate, Params, ServerState
@@ -146,10 +146,9 @@ def _collect(
     task: ClientTask,
     states: dict[int, Mapping[str, Params]],
     observer: Observer | None,
-    tally: dict[str, Any],
 ) -> Iterator[ClientUpdate]:
-    """The server side of a round's updates: keep each client's own state, let attackers
-    tamper, check every update, drop rejected ones and keep round totals in ``tally``."""
+    """What only a simulation does with a round's updates before the round engine checks
+    and aggregates them: keep each client's own state, let attackers tamper, report."""
     for update in updates:
         if update.client_state is not None:
             states[update.client_id] = update.client_state
@@ -157,15 +156,6 @@ def _collect(
             update = attack_update(update, task, fed.config.attack, seed=fed.config.seed)
         if observer is not None:
             observer.client_finished(update)
-        try:
-            check_update(update, task.params)
-        except UpdateRejected:
-            tally["rejected"] += 1
-            continue
-        tally["clients"] += 1
-        tally["samples"] += update.num_samples
-        tally["examples"] += update.metrics.get("examples", 0)
-        tally["loss"] += update.metrics.get("train_loss", 0.0) * update.num_samples
         yield update
 
 
@@ -247,51 +237,49 @@ def _run_rounds(
     """The rounds of :func:`run` on an open ``engine``."""
     cfg = fed.config
     model = build_model(fed.spec, seed=cfg.seed)
-    state = fed.strategy.init(dict(model.named_parameters()))
+    rounds = RoundCoordinator(
+        fed.strategy,
+        fed.strategy.init(dict(model.named_parameters())),
+        RoundPolicy(target=fed.cohort),
+        rounds=cfg.rounds,
+    )
     fast_layout(model)  # from here on the evaluation work area
     test = fed.data.test
-    result = RunResult(state=state, num_parameters=count_parameters(model))
+    result = RunResult(state=rounds.state, num_parameters=count_parameters(model))
     client_states: dict[int, Mapping[str, Params]] = {}
     start = time.perf_counter()
     for r in range(1, cfg.rounds + 1):
         t0 = time.perf_counter()
         clients = sample_clients(fed.clients.num_clients, fed.cohort, seed=cfg.seed, round=r)
         budgets = _stragglers(fed, clients, r)
-        tally: dict[str, Any] = dict.fromkeys(("clients", "rejected", "samples", "examples"), 0)
-        tally.update(loss=0.0, stragglers=len(budgets), dropped=0)
+        stragglers, dropped = len(budgets), 0
         if fed.straggler_policy == "drop" and budgets:
             clients = [k for k in clients if k not in budgets]
-            tally["dropped"], budgets = len(budgets), {}
+            dropped, budgets = len(budgets), {}
         if observer is not None:
             observer.round_started(r, len(clients))
-        task = fed.strategy.client_task(state)
+        current = rounds.open(r)
+        for k in clients:
+            current.assign(str(k), t0)
+        task = rounds.task()
         trained = engine.train_round(
             fed.strategy, task, clients, states=client_states, max_steps=budgets
         )
-        try:
-            state = fed.strategy.aggregate(
-                state, _collect(fed, trained, task, client_states, observer, tally)
-            )
-        except FedgeError:
-            if tally["rejected"]:
-                raise FedgeError(
-                    f"round {r}: all {tally['rejected']} client updates held NaN or Inf "
-                    "(training diverged?): lower client.lr"
-                ) from None
-            raise
+        tally = RoundTally()
+        state = rounds.close(_collect(fed, trained, task, client_states, observer), tally)
         train_seconds = time.perf_counter() - t0
         metrics: dict[str, Any] = {
             "round": r,
             "test_accuracy": None,
             "test_loss": None,
-            "train_loss": tally["loss"] / max(tally["samples"], 1),
-            "clients": tally["clients"],
-            "rejected": tally["rejected"],
-            "stragglers": tally["stragglers"],
-            "dropped": tally["dropped"],
-            "samples": tally["samples"],
-            "clients_per_second": tally["clients"] / train_seconds,
-            "samples_per_second": tally["examples"] / train_seconds,
+            "train_loss": tally.train_loss,
+            "clients": tally.clients,
+            "rejected": tally.rejected,
+            "stragglers": stragglers,
+            "dropped": dropped,
+            "samples": tally.samples,
+            "clients_per_second": tally.clients / train_seconds,
+            "samples_per_second": tally.examples / train_seconds,
         }
         if r % cfg.eval.every == 0 or r == cfg.rounds:
             loss, acc = evaluate(

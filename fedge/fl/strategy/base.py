@@ -100,6 +100,11 @@ class Strategy:
         kept = {k: v for k, v in state.extras.items() if not k.startswith("opt.")}
         return ServerState(params=params, round=state.round + 1, extras={**kept, **opt_state})
 
+    def reported_extras(self, state: ServerState) -> dict[str, Params]:
+        """What a client reports beyond its weights, as reference tensors by group (names,
+        shapes and dtypes to check uploads against); nothing by default."""
+        return {}
+
     # --- client half ------------------------------------------------------------------
 
     def grad_correction(self, params: Params, task: ClientTask) -> Params | None:

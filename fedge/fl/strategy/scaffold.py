@@ -72,6 +72,9 @@ class Scaffold(Strategy):
             round=state.round + 1, params=state.params, extras={"c": state.extras["c"]}
         )
 
+    def reported_extras(self, state: ServerState) -> dict[str, Params]:
+        return {"delta_c": state.extras["c"]}
+
     def step_correction(self, params: Params, task: ClientTask) -> Params | None:
         """c − c_i, applied as y ← y − η·(c − c_i) after each local optimizer step (outside
         momentum, as in NIID-Bench's implementation; identical to the paper's update for
