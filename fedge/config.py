@@ -338,6 +338,34 @@ class EvalConfig(_Section):
     client_eval: bool = False
 
 
+class DeployConfig(_Section):
+    """The deployment server (``fedge server``): who may join and how rounds run.
+
+    ``enrollment_secret`` is what a device must present to enroll (the environment
+    variable ``FEDGE_ENROLLMENT_SECRET`` overrides it, so that it need not sit in a file).
+    Each round hands out ``ceil(target · over_selection)`` tasks, the target being the
+    experiment's cohort (``server.clients_per_round``, or ``server.fraction`` of
+    ``num_devices``); it closes on ``target`` updates, or ``deadline_seconds`` after its
+    first task with at least ``quorum`` of them (default: the target), and is abandoned
+    otherwise (the model does not change). ``num_devices`` is the fleet size N that
+    fraction-based cohorts and SCAFFOLD's 1/N use (default: the partition's
+    ``num_clients``). An update claiming more than ``max_samples`` examples is refused.
+    ``evaluate``: test the global model on the data's test split after every round, when
+    the server can load it. Devices told to wait are given a jittered delay between
+    ``min_poll_seconds`` and ``max_poll_seconds`` (pace steering)."""
+
+    enrollment_secret: str | None = Field(None, min_length=8)
+    num_devices: PositiveInt | None = None
+    over_selection: float = Field(1.3, ge=1, le=10)
+    quorum: PositiveInt | None = None
+    deadline_seconds: PositiveFloat | None = 600.0
+    max_samples: PositiveInt = 1_000_000
+    max_devices: PositiveInt = 100_000
+    evaluate: bool = True
+    min_poll_seconds: PositiveFloat = 0.5
+    max_poll_seconds: PositiveFloat = 60.0
+
+
 class ExperimentConfig(_Section):
     """A whole federated simulation.
 
@@ -365,6 +393,7 @@ class ExperimentConfig(_Section):
     eval: EvalConfig = EvalConfig()
     attack: AttackConfig | None = None
     system: SystemConfig = SystemConfig()
+    deploy: DeployConfig = DeployConfig()
 
 
 # --- loading ----------------------------------------------------------------------------

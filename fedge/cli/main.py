@@ -22,6 +22,7 @@ from rich.progress import (
 
 from fedge.cli.common import SetOption, console, friendly
 from fedge.cli.edge import edge_app
+from fedge.cli.federation import client, server
 from fedge.cli.models import models_app
 from fedge.cli.serve import serve
 from fedge.cli.train import data_upload, data_versions, train
@@ -39,6 +40,8 @@ app.add_typer(models_app, name="models")
 app.command("serve")(serve)
 app.add_typer(edge_app, name="edge")
 app.command("train")(train)
+app.command("server")(server)
+app.command("client")(client)
 data_app.command("upload")(data_upload)
 data_app.command("versions")(data_versions)
 

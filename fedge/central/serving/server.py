@@ -13,10 +13,11 @@ from fedge.central.serving.app import create_app
 from fedge.central.serving.settings import ServeSettings
 from fedge.errors import ConfigError, ServingError
 
-__all__ = ["run_server"]
+__all__ = ["bind_socket", "run_server"]
 
 
-def _bind(host: str, port: int) -> socket.socket:
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host:port`` (port 0: any free port), ready for uvicorn."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # IPPROTO_TCP explicitly: asyncio turns Nagle's algorithm off (TCP_NODELAY) only on
     # sockets that say so, and with Nagle on, a response sent as headers then body waits
@@ -60,7 +61,7 @@ def run_server(
         raise ConfigError("max delay must be >= 0 and the poll interval > 0")
     for name in settings.models:
         registry.get(name, settings.alias)
-    sock = _bind(host, port)
+    sock = bind_socket(host, port)
     bound = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
     if on_listen is not None:

@@ -1,0 +1,316 @@
+"""The Python federated-learning client: a device that trains on its own data.
+
+(Not to be confused with ``fedge edge``, the inference app that runs a served model on a
+device.) :class:`FederatedClient` enrolls once, then loops: check in → download the
+model (cached by ETag) → local training with the same :func:`~fedge.fl.local.train_client`
+and strategy client half as the simulation → upload, until the server says the
+experiment is finished.
+
+It survives a server that is down or restarting (retries with exponential backoff and
+jitter) and its own restarts: its identity, its strategy state (SCAFFOLD's c_i) and an
+update not yet acknowledged live in its state folder. An update is uploaded with an
+idempotency key chosen before the first try, so a retry after a lost answer is counted
+once. The strategy state advances only when the server has acknowledged the update that
+produced it; a device that loses it starts again from zero, which the strategies allow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import torch
+from pydantic import TypeAdapter
+
+from fedge.config import StrategyConfig
+from fedge.errors import ConfigError, ProtocolError, Unauthorized
+from fedge.federation.protocol import Task
+from fedge.federation.wire import decode_model, encode_model, encode_update
+from fedge.fl.local import LocalTraining, client_generator, train_client
+from fedge.fl.types import ClientTask, Params
+from fedge.models.spec import build_model, fast_layout, load_spec
+from fedge.sim.build import make_strategy
+
+__all__ = ["ClientSettings", "FederatedClient"]
+
+_STRATEGY = TypeAdapter(StrategyConfig)
+_RETRYABLE = {429, 500, 502, 503, 504, 507}
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    """How a client behaves on the network.
+
+    Parameters
+    ----------
+    backoff, max_backoff:
+        First and largest wait in seconds between retries of a failed request (doubled
+        each time, with jitter).
+    timeout:
+        Seconds before a request is given up (and retried).
+    max_updates:
+        Stop after this many accepted updates (default: run until finished).
+    verify:
+        TLS verification: ``True``, ``False`` (tests only) or a CA bundle path.
+    """
+
+    backoff: float = 0.5
+    max_backoff: float = 30.0
+    timeout: float = 60.0
+    max_updates: int | None = None
+    verify: bool | str = True
+
+
+class FederatedClient:
+    """A device of a federation.
+
+    Parameters
+    ----------
+    server:
+        The server's base URL, e.g. ``https://fl.example.org:8443``.
+    state_dir:
+        The device's own folder: identity, strategy state, pending upload.
+    x, y:
+        The device's training examples and labels.
+    rng_id:
+        Which random stream the device trains with (:func:`client_generator`); with a
+        named partition of a dataset it is the partition index, so that a deployment
+        reproduces a simulation.
+    secret:
+        The enrollment secret (needed until the device has enrolled).
+    """
+
+    def __init__(
+        self,
+        server: str,
+        state_dir: Path,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        *,
+        rng_id: int = 0,
+        secret: str | None = None,
+        kind: str = "python",
+        settings: ClientSettings | None = None,
+        log: Callable[[str], None] = print,
+    ):
+        if len(x) != len(y) or len(y) == 0:
+            raise ConfigError(f"the device needs examples: got {len(x)} inputs, {len(y)} labels")
+        self.server = server.rstrip("/")
+        self.state_dir = Path(state_dir)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.x, self.y = x, y
+        self.rng_id = rng_id
+        self.secret = secret
+        self.kind = kind
+        self.settings = settings or ClientSettings()
+        self.log = log
+        self.http = httpx.Client(
+            base_url=self.server, timeout=self.settings.timeout, verify=self.settings.verify
+        )
+        self._model_cache: tuple[str, bytes] | None = None
+        self._model: tuple[str, torch.nn.Module] | None = None
+        self.accepted = 0
+
+    # --- files of the state folder ------------------------------------------------------
+
+    def _path(self, name: str) -> Path:
+        return self.state_dir / name
+
+    def _write(self, name: str, data: bytes) -> None:
+        """Write atomically: a crash leaves the old file or the new one, never half."""
+        tmp = self._path(f".{name}.tmp")
+        with tmp.open("wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self._path(name))
+
+    def _identity(self) -> dict[str, str]:
+        path = self._path("device.json")
+        if path.exists():
+            identity = json.loads(path.read_text())
+            if identity.get("server") == self.server:
+                return identity
+            self.log(f"the state folder belongs to {identity.get('server')}: enrolling anew")
+        return self._enroll()
+
+    def _enroll(self) -> dict[str, str]:
+        if not self.secret:
+            raise ConfigError(
+                "this device has not enrolled yet: give the enrollment secret "
+                "(--secret or $FEDGE_ENROLLMENT_SECRET)"
+            )
+        body = self._request("POST", "/v1/devices", json={"secret": self.secret, "kind": self.kind})
+        identity = {"server": self.server, **body.json()}
+        self._write("device.json", json.dumps(identity).encode())
+        for stale in ("client_state.safetensors", "pending.json", "pending.safetensors"):
+            self._path(stale).unlink(missing_ok=True)
+        self.log(f"enrolled as device {identity['device_id']}")
+        return identity
+
+    def _client_state(self) -> dict[str, Params] | None:
+        path = self._path("client_state.safetensors")
+        if not path.exists():
+            return None
+        return decode_model(path.read_bytes())[2]
+
+    # --- HTTP with retries --------------------------------------------------------------
+
+    def _request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        """Send a request until it gets an answer that is not a server or network failure;
+        raise :class:`ProtocolError` for a 4xx other than 304/409."""
+        attempt = 0
+        while True:
+            try:
+                response = self.http.request(method, url, **kwargs)
+            except httpx.TransportError as exc:
+                reason = f"{type(exc).__name__}: {exc}"
+            else:
+                if response.status_code not in _RETRYABLE:
+                    if response.status_code == 401:
+                        raise Unauthorized(_error_text(response))
+                    if response.status_code >= 400 and response.status_code != 409:
+                        raise ProtocolError(
+                            f"{method} {url}: {response.status_code} {_error_text(response)}"
+                        )
+                    return response
+                reason = f"{response.status_code} {_error_text(response)}"
+            delay = min(self.settings.max_backoff, self.settings.backoff * 2**attempt)
+            delay = random.uniform(delay / 2, delay)
+            attempt += 1
+            self.log(f"{method} {url} failed ({reason}); retrying in {delay:.1f} s")
+            time.sleep(delay)
+
+    def _authorized(self, identity: dict[str, str]) -> dict[str, str]:
+        return {"Authorization": f"Bearer {identity['token']}"}
+
+    # --- the loop -----------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Take part until the experiment finishes (or ``max_updates``); returns the
+        number of this device's updates the server accepted."""
+        identity = self._identity()
+        while self.settings.max_updates is None or self.accepted < self.settings.max_updates:
+            try:
+                if self._path("pending.json").exists():
+                    self._upload_pending(identity)
+                    continue
+                answer = self._request(
+                    "POST", "/v1/checkin", headers=self._authorized(identity)
+                ).json()
+            except Unauthorized as exc:
+                if not self.secret:
+                    raise
+                self.log(f"the server does not know this device ({exc}): enrolling again")
+                identity = self._enroll()
+                continue
+            if answer["status"] == "finished":
+                self.log(f"the experiment is finished (model version {answer['model_version']})")
+                break
+            if answer["status"] == "wait":
+                time.sleep(float(answer["retry_after"]))
+                continue
+            self._train(identity, Task.model_validate(answer))
+        return self.accepted
+
+    def _download(self, identity: dict[str, str], url: str) -> bytes:
+        headers = self._authorized(identity)
+        if self._model_cache is not None:
+            headers["If-None-Match"] = f'"{self._model_cache[0]}"'
+        response = self._request("GET", url, headers=headers)
+        if response.status_code == 304 and self._model_cache is not None:
+            return self._model_cache[1]
+        etag = response.headers.get("etag", "").strip('"')
+        self._model_cache = (etag, response.content)
+        return response.content
+
+    def _network(self, spec: dict[str, Any]) -> torch.nn.Module:
+        key = json.dumps(spec, sort_keys=True)
+        if self._model is None or self._model[0] != key:
+            self._model = (key, fast_layout(build_model(load_spec(spec))))
+        return self._model[1]
+
+    def _train(self, identity: dict[str, str], task: Task) -> None:
+        self._path("pending_state.safetensors").unlink(missing_ok=True)
+        version, params, extras = decode_model(self._download(identity, task.model_url))
+        if version != task.model_version:
+            raise ProtocolError(f"asked for model {task.model_version}, got {version}")
+        local = LocalTraining(**task.training.model_dump())
+        strategy = make_strategy(
+            _STRATEGY.validate_python(task.strategy), num_clients=task.num_devices, local=local
+        )
+        own = ClientTask(
+            round=task.training_round,
+            params=params,
+            extras=extras,
+            client_state=self._client_state(),
+        )
+        self.log(f"round {task.round}: training model version {version} on {len(self.y)} examples")
+        update = train_client(
+            self._network(task.spec),
+            strategy,
+            own,
+            self.x,
+            self.y,
+            local,
+            client_generator(task.seed, task.training_round, self.rng_id),
+            client_id=self.rng_id,
+        )
+        data = encode_update(update, round=task.round, model_version=task.model_version)
+        if update.client_state is not None:
+            self._write(
+                "pending_state.safetensors",
+                encode_model({}, update.client_state, model_version=task.model_version),
+            )
+        self._write("pending.safetensors", data)
+        pending = {"url": task.upload_url, "key": uuid.uuid4().hex, "round": task.round}
+        self._write("pending.json", json.dumps(pending).encode())
+        self._upload_pending(identity)
+
+    def _upload_pending(self, identity: dict[str, str]) -> None:
+        """Upload the update in the state folder, then advance or drop what came with it."""
+        pending = json.loads(self._path("pending.json").read_text())
+        headers = {**self._authorized(identity), "Idempotency-Key": pending["key"]}
+        headers["Content-Type"] = "application/octet-stream"
+        data = self._path("pending.safetensors").read_bytes()
+        try:
+            response = self._request("POST", pending["url"], content=data, headers=headers)
+        except ProtocolError as exc:
+            self.log(f"round {pending['round']}: the update was refused: {exc}")
+            self._clear_pending(keep_state=False)
+            if isinstance(exc, Unauthorized):
+                raise
+            return
+        if response.status_code == 409:
+            self.log(f"round {pending['round']}: too late ({_error_text(response)})")
+            self._clear_pending(keep_state=False)
+            return
+        self.accepted += 1
+        self.log(f"round {pending['round']}: update accepted")
+        self._clear_pending(keep_state=True)
+
+    def _clear_pending(self, *, keep_state: bool) -> None:
+        state = self._path("pending_state.safetensors")
+        if keep_state and state.exists():
+            os.replace(state, self._path("client_state.safetensors"))
+        state.unlink(missing_ok=True)
+        self._path("pending.json").unlink(missing_ok=True)
+        self._path("pending.safetensors").unlink(missing_ok=True)
+
+    def close(self) -> None:
+        self.http.close()
+
+
+def _error_text(response: httpx.Response) -> str:
+    try:
+        return str(response.json().get("error", response.text))
+    except (json.JSONDecodeError, AttributeError):
+        return response.text[:200]

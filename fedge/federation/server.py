@@ -1,0 +1,544 @@
+"""The federation server's logic, without HTTP: enrollment, check-in, uploads, rounds.
+
+:class:`FederationServer` drives the same :class:`~fedge.fl.rounds.RoundCoordinator` as
+the simulation, over devices that come and go, and keeps everything that matters in
+:class:`~fedge.federation.state.FederationState` before it answers:
+
+* an accepted update is written to disk and recorded before the device hears "201";
+* a round closes by aggregating the stored updates (the same pure function the simulation
+  calls), writing the new model and strategy state, and committing, in one SQLite
+  transaction, the round's end, the new version and the next round;
+* after a crash (SIGKILL at any point) the server starts from the last committed version
+  and the open round with every update accepted so far; a round whose target was met but
+  whose close did not commit is closed again, from the same files, to the same model.
+
+Blocking work (SQLite, files, decoding, aggregation) runs in worker threads; one
+:class:`asyncio.Lock` orders every change of state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import json
+import logging
+import os
+import random
+import secrets
+import statistics
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fedge.config import ExperimentConfig
+from fedge.data.dataset import FederatedData
+from fedge.errors import ConfigError, FedgeError, ProtocolError, StaleUpdate, Unauthorized
+from fedge.federation.protocol import Finished, Task, TrainingSettings, UploadReceipt, Wait
+from fedge.federation.state import Device, FederationState, hash_token
+from fedge.federation.wire import decode_model, decode_update, encode_model
+from fedge.fl.local import LocalTraining, evaluate
+from fedge.fl.rounds import RoundCoordinator, RoundPolicy, RoundStatus, RoundTally
+from fedge.fl.sampling import clients_per_round
+from fedge.fl.types import ClientUpdate, ServerState
+from fedge.models.spec import ModelSpec, build_model, fast_layout, load_spec
+from fedge.sim.build import make_strategy, model_spec
+
+__all__ = ["FederationServer", "experiment_fingerprint", "local_training"]
+
+log = logging.getLogger("fedge.server")
+
+
+def local_training(config: ExperimentConfig) -> LocalTraining:
+    """The clients' local SGD of an experiment."""
+    return LocalTraining(**config.client.model_dump())
+
+
+def experiment_fingerprint(config: ExperimentConfig) -> str:
+    """SHA-256 of the config without its ``[deploy]`` section (which may change between
+    restarts: deadlines, secrets)."""
+    body = config.model_dump(mode="json", exclude={"deploy"})
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def _num_devices(config: ExperimentConfig) -> int:
+    if config.deploy.num_devices is not None:
+        return config.deploy.num_devices
+    num_clients = getattr(config.partition, "num_clients", None)
+    if num_clients is None:
+        raise ConfigError("set deploy.num_devices, the size of the fleet")
+    return num_clients
+
+
+class FederationServer:
+    """One federation's server state and rules.
+
+    Parameters
+    ----------
+    config:
+        The experiment (its strategy, model, local training and ``[deploy]`` section).
+    state_dir:
+        Where records and tensors live; a restarted server resumes from it.
+    secret:
+        The enrollment secret (default: ``$FEDGE_ENROLLMENT_SECRET``, then
+        ``deploy.enrollment_secret``).
+    data:
+        The dataset, for a preset model's input shape and for evaluating each new model on
+        its test split; loaded from the config when ``None`` and needed.
+    clock:
+        Wall-clock seconds (tests may pass their own).
+    """
+
+    def __init__(
+        self,
+        config: ExperimentConfig,
+        state_dir: Path,
+        *,
+        secret: str | None = None,
+        data: FederatedData | None = None,
+        clock: Callable[[], float] = time.time,
+    ):
+        deploy = config.deploy
+        self.config = config
+        self.clock = clock
+        self.secret = (
+            secret or os.environ.get("FEDGE_ENROLLMENT_SECRET") or deploy.enrollment_secret
+        )
+        if not self.secret or len(self.secret) < 8:
+            raise ConfigError(
+                "the server needs an enrollment secret of at least 8 characters: "
+                "deploy.enrollment_secret or $FEDGE_ENROLLMENT_SECRET"
+            )
+        self.num_devices = _num_devices(config)
+        self.local = local_training(config)
+        self.strategy = make_strategy(
+            config.strategy, num_clients=self.num_devices, local=self.local
+        )
+        self.data = data if data is not None else self._load_data()
+        self.spec = self._spec()
+        target = clients_per_round(
+            self.num_devices,
+            count=config.server.clients_per_round,
+            fraction=None if config.server.clients_per_round else (config.server.fraction or 1.0),
+        )
+        self.policy = RoundPolicy(
+            target=target,
+            over_selection=deploy.over_selection,
+            quorum=deploy.quorum,
+            deadline=deploy.deadline_seconds,
+            max_samples=deploy.max_samples,
+        )
+        self.lock = asyncio.Lock()
+        self.due = asyncio.Event()
+        self.rejections: deque[dict[str, Any]] = deque(maxlen=50)
+        self.rejected_in_round = 0
+        self.last_seen: dict[str, float] = {}
+        self._eval_model = fast_layout(build_model(self.spec)) if self.data is not None else None
+        self._evaluating: asyncio.Task[None] | None = None
+        self.store = FederationState(state_dir)
+        self.store.claim(experiment_fingerprint(config))
+        self.devices = {d.id: d for d in self.store.devices()}
+        self._dummy_hash = hash_token(secrets.token_urlsafe(32))
+        self.coordinator = RoundCoordinator(
+            self.strategy, self._initial_state(), self.policy, rounds=config.rounds
+        )
+        self._cache_model()
+        self._resume_round()
+        self.history = self.store.round_history()
+        reference = [self.coordinator.state.params]
+        reference += self.strategy.reported_extras(self.coordinator.state).values()
+        tensor_bytes = sum(t.numel() * t.element_size() for p in reference for t in p.values())
+        #: Largest upload body: the tensors plus room for names and metadata.
+        self.max_upload_bytes = tensor_bytes + (1 << 20)
+        self._task_fields = {
+            "seed": config.seed,
+            "num_devices": self.num_devices,
+            "training": TrainingSettings(**config.client.model_dump()),
+            "strategy": config.strategy.model_dump(mode="json"),
+            "spec": self.spec.model_dump(mode="json", exclude_none=True),
+        }
+
+    # --- start-up -----------------------------------------------------------------------
+
+    def _load_data(self) -> FederatedData | None:
+        needs = self.config.model.spec is None
+        if not (needs or self.config.deploy.evaluate):
+            return None
+        from fedge.data.load import load_data
+
+        try:
+            return load_data(self.config.data, seed=self.config.seed)
+        except FedgeError as exc:
+            if needs:
+                raise ConfigError(
+                    f"the server builds a preset model from the data's shape, but cannot "
+                    f"load the data ({exc}): give model.spec, or the data"
+                ) from None
+            log.warning("no server-side evaluation: %s", exc)
+            return None
+
+    def _spec(self) -> ModelSpec:
+        if self.config.model.spec is not None and self.data is None:
+            return load_spec(self.config.model.spec)
+        assert self.data is not None  # _load_data raised otherwise
+        return model_spec(self.config, self.data)
+
+    def _initial_state(self) -> ServerState:
+        version = self.store.latest_version()
+        if version is None:
+            model = build_model(self.spec, seed=self.config.seed)
+            state = self.strategy.init(dict(model.named_parameters()))
+            sha = self._write_version(state)
+            self.store.add_initial_version(sha)
+            return state
+        model, server = self.store.read_version(version)
+        _, params, _ = decode_model(model)
+        _, _, extras = decode_model(server)
+        return ServerState(params=params, round=version, extras=extras)
+
+    def _write_version(self, state: ServerState) -> str:
+        task = self.strategy.client_task(state)
+        model = encode_model(state.params, task.extras, model_version=state.round)
+        server = encode_model({}, state.extras, model_version=state.round)
+        return self.store.write_version_files(state.round, model, server)
+
+    def _resume_round(self) -> None:
+        row = self.store.current_round()
+        if row is None:
+            if not self.coordinator.finished:
+                number = self.store.last_round_number() + 1
+                self.store.open_round(number, self.coordinator.state.round)
+                self.coordinator.open(number)
+            self.store.delete_update_files(keep_round=None)
+            return
+        number, version, started_at = row
+        if version != self.coordinator.state.round:
+            raise FedgeError(
+                f"server state is inconsistent: open round {number} trains version {version} "
+                f"but the latest model is version {self.coordinator.state.round}"
+            )
+        current = self.coordinator.open(number)
+        current.started_at = started_at
+        current.assigned = self.store.assignments(number)
+        current.accepted = {u.device: u.key for u in self.store.accepted(number)}
+        self.store.delete_update_files(keep_round=number)
+        log.info(
+            "resuming round %d: %d tasks out, %d updates accepted",
+            number,
+            len(current.assigned),
+            len(current.accepted),
+        )
+
+    def _cache_model(self) -> None:
+        version = self.coordinator.state.round
+        self.model_bytes = self.store.read_version(version)[0]
+        self.model_etag = hashlib.sha256(self.model_bytes).hexdigest()
+
+    # --- devices ------------------------------------------------------------------------
+
+    async def enroll(self, secret: str, kind: str) -> tuple[str, str]:
+        """A new device id and bearer token, for the right enrollment secret."""
+        if not hmac.compare_digest(secret.encode(), self.secret.encode()):
+            raise Unauthorized("wrong enrollment secret")
+        async with self.lock:
+            if len(self.devices) >= self.config.deploy.max_devices:
+                raise ProtocolError(
+                    f"the federation is full ({self.config.deploy.max_devices} devices)"
+                )
+            device_id = f"d{secrets.token_hex(8)}"
+            token = f"{device_id}.{secrets.token_urlsafe(32)}"
+            device = Device(device_id, hash_token(token), kind)
+            await asyncio.to_thread(self.store.add_device, device)
+            self.devices[device_id] = device
+        return device_id, token
+
+    def authenticate(self, authorization: str | None) -> str:
+        """The device id a ``Bearer`` header proves, compared in constant time."""
+        scheme, _, token = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthorized("missing bearer token: enroll, then send Authorization: Bearer")
+        token = token.strip()
+        device = self.devices.get(token.partition(".")[0])
+        expected = device.token_hash if device is not None else self._dummy_hash
+        if not hmac.compare_digest(hash_token(token), expected) or device is None:
+            raise Unauthorized("unknown device or wrong token")
+        return device.id
+
+    # --- check-in -----------------------------------------------------------------------
+
+    def _retry_after(self) -> float:
+        """A jittered wait until the next round is likely to have room, so that a large
+        fleet does not poll in lockstep."""
+        deploy = self.config.deploy
+        current = self.coordinator.round
+        durations = [h["seconds"] for h in self.history[-5:] if "seconds" in h]
+        typical = statistics.median(durations) if durations else 2.0
+        remaining = typical
+        if current is not None and current.started_at is not None:
+            remaining = typical - (self.clock() - current.started_at)
+            left = current.seconds_left(self.clock())
+            if left is not None:
+                remaining = min(remaining, left)
+        base = min(max(remaining, deploy.min_poll_seconds), deploy.max_poll_seconds)
+        return round(base * random.uniform(0.75, 1.25), 3)
+
+    def _task(self) -> Task:
+        current = self.coordinator.round
+        assert current is not None
+        return Task(
+            round=current.number,
+            model_version=current.model_version,
+            training_round=current.model_version + 1,
+            model_url=f"/v1/models/{current.model_version}",
+            upload_url=f"/v1/rounds/{current.number}/updates",
+            deadline_seconds=current.seconds_left(self.clock()),
+            **self._task_fields,
+        )
+
+    async def checkin(self, device: str) -> Task | Wait | Finished:
+        """A task for ``device`` if the open round has room for it, else when to return."""
+        self.last_seen[device] = self.clock()
+        if self.coordinator.finished:
+            return Finished(model_version=self.coordinator.state.round)
+        async with self.lock:
+            current = self.coordinator.round
+            if current is None or current.status is not RoundStatus.OPEN:
+                return Wait(retry_after=self._retry_after(), reason="no round is open")
+            if device in current.accepted:
+                return Wait(
+                    retry_after=self._retry_after(),
+                    round=current.number,
+                    reason="your update is in; waiting for the round to close",
+                )
+            if device in current.assigned:
+                return self._task()
+            if not current.has_slot():
+                return Wait(
+                    retry_after=self._retry_after(),
+                    round=current.number,
+                    reason="this round has all the devices it needs",
+                )
+            now = self.clock()
+            first = current.started_at is None
+            await asyncio.to_thread(self.store.assign, current.number, device, now, first)
+            current.assign(device, now)
+        return self._task()
+
+    # --- uploads ------------------------------------------------------------------------
+
+    def reject(self, device: str | None, status: int, reason: str) -> None:
+        """Note a refused request for the dashboard (nothing durable changes)."""
+        self.rejected_in_round += 1
+        self.rejections.append(
+            {"at": self.clock(), "device": device, "status": status, "reason": reason}
+        )
+
+    async def upload(
+        self, device: str, round: int, key: str, body: bytes
+    ) -> tuple[int, UploadReceipt]:
+        """Store ``device``'s update for ``round`` durably; ``(201, receipt)`` when new,
+        ``(200, receipt)`` for a retry of an update already accepted under ``key``.
+
+        Raises :class:`~fedge.errors.UpdateRejected` (400) for malformed or invalid
+        contents and :class:`~fedge.errors.StaleUpdate` (409) for the wrong round or
+        model version, a closed round, a device without a task or a second update; in
+        every such case nothing is stored.
+        """
+        receipt = UploadReceipt(duplicate=True, round=round, device_id=device)
+        if await self._already_accepted(device, round, key):
+            return 200, receipt
+        decoded = await asyncio.to_thread(decode_update, body, device=device)
+        if decoded.round != round:
+            raise StaleUpdate(f"the update names round {decoded.round} but was sent to {round}")
+        self._admit(device, decoded.round, decoded.model_version, key)
+        await asyncio.to_thread(self.coordinator.check, decoded.update)
+        name = f"{key}.{uuid.uuid4().hex[:8]}"
+        file = await asyncio.to_thread(self.store.write_update_file, round, device, name, body)
+        stored = False
+        try:
+            async with self.lock:
+                if not self._admit(device, decoded.round, decoded.model_version, key):
+                    return 200, receipt
+                await asyncio.to_thread(
+                    self.store.add_update, round, device, key, decoded.update.num_samples, file
+                )
+                stored = True
+                current = self.coordinator.round
+                assert current is not None
+                current.accept(device, key)
+                if current.due(self.clock()) is not None:
+                    self.due.set()
+        finally:
+            if not stored:
+                await asyncio.to_thread(self.store.tensors.delete, file)
+        return 201, UploadReceipt(duplicate=False, round=round, device_id=device)
+
+    async def _already_accepted(self, device: str, round: int, key: str) -> bool:
+        current = self.coordinator.round
+        if current is not None and current.number == round:
+            return current.accepted.get(device) == key
+        return await asyncio.to_thread(self.store.accepted_key, round, device) == key
+
+    def _admit(self, device: str, round: int, model_version: int, key: str) -> bool:
+        current = self.coordinator.round
+        if current is None:
+            raise StaleUpdate(f"round {round} is closed: the experiment has finished")
+        return current.admit(device, round, model_version, key)
+
+    # --- closing rounds -----------------------------------------------------------------
+
+    def _stored_updates(self, number: int) -> Iterator[ClientUpdate]:
+        for stored in self.store.accepted(number):
+            yield decode_update(self.store.read_update(stored), device=stored.device).update
+
+    async def tick(self) -> None:
+        """End the open round if it is due (target met, or deadline passed)."""
+        current = self.coordinator.round
+        if current is None or current.due(self.clock()) is None:
+            return
+        async with self.lock:
+            current = self.coordinator.round
+            if current is not None and current.due(self.clock()) is not None:
+                await self._end_round()
+
+    async def run_rounds(self, interval: float = 0.5) -> None:
+        """Close rounds as they become due, until cancelled: at once when an upload meets
+        the target, else every ``interval`` seconds for deadlines. A failure (a full disk)
+        is logged and retried: the round's updates stay on disk."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.due.wait(), interval)
+            self.due.clear()
+            try:
+                await self.tick()
+            except FedgeError as exc:
+                log.error("cannot end round: %s (retrying)", exc)
+                await asyncio.sleep(1.0)
+
+    async def _end_round(self) -> None:
+        """Close or abandon the open round (the lock is held)."""
+        current = self.coordinator.round
+        assert current is not None
+        outcome = current.due(self.clock())
+        started = current.started_at or self.clock()
+        metrics: dict[str, Any] = {
+            "tasks": len(current.assigned),
+            "participants": len(current.accepted),
+            "dropouts": len(current.assigned) - len(current.accepted),
+            "rejected": self.rejected_in_round,
+        }
+        version: tuple[int, str] | None = None
+        state = self.coordinator.state
+        if outcome is RoundStatus.CLOSED:
+            tally = RoundTally()
+            state = await asyncio.to_thread(
+                self.coordinator.aggregate, self._stored_updates(current.number), tally
+            )
+            version = (state.round, await asyncio.to_thread(self._write_version, state))
+            metrics.update(
+                samples=tally.samples, train_loss=tally.train_loss, devices=tally.devices
+            )
+        metrics["seconds"] = self.clock() - started
+        upcoming = None if state.round >= self.config.rounds else (current.number + 1, state.round)
+        await asyncio.to_thread(
+            self.store.commit_round,
+            current.number,
+            "closed" if version is not None else "abandoned",
+            metrics,
+            version=version,
+            next_round=upcoming,
+        )
+        if version is not None:
+            self.coordinator.advance(state)
+            self._cache_model()
+        else:
+            self.coordinator.abandon()
+        log.info("round %d %s: %s", current.number, current.status.value, metrics)
+        self.history.append(
+            {
+                "round": current.number,
+                "model_version": current.model_version,
+                "status": current.status.value,
+                **metrics,
+                "test_loss": None,
+                "test_accuracy": None,
+            }
+        )
+        await asyncio.to_thread(self.store.delete_update_files, keep_round=None)
+        self.rejected_in_round = 0
+        if upcoming is not None:
+            self.coordinator.open(upcoming[0])
+        if version is not None:
+            self._start_evaluation(state, self.history[-1])
+
+    # --- evaluation ---------------------------------------------------------------------
+
+    def _start_evaluation(self, state: ServerState, entry: dict[str, Any]) -> None:
+        if self.data is None or not self.config.deploy.evaluate:
+            return
+        previous = self._evaluating
+
+        async def run() -> None:
+            if previous is not None:
+                await previous
+            loss, acc = await asyncio.to_thread(self._evaluate, state)
+            entry.update(test_loss=loss, test_accuracy=acc)
+
+        self._evaluating = asyncio.get_running_loop().create_task(run())
+
+    def _evaluate(self, state: ServerState) -> tuple[float, float]:
+        assert self.data is not None and self._eval_model is not None
+        test = self.data.test
+        with torch.no_grad():
+            loss, acc = evaluate(
+                self._eval_model,
+                test.x,
+                test.y,
+                params=state.params,
+                batch_size=self.config.eval.batch_size,
+            )
+        self.store.add_evaluation(state.round, loss, acc)
+        return loss, acc
+
+    async def wait_idle(self) -> None:
+        """Wait for a running evaluation (before shutting down)."""
+        if self._evaluating is not None:
+            await self._evaluating
+
+    # --- status -------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """What the dashboard shows, as JSON."""
+        now = self.clock()
+        kinds: dict[str, int] = {}
+        for device in self.devices.values():
+            kinds[device.kind] = kinds.get(device.kind, 0) + 1
+        active_window = max(60.0, 3 * self.config.deploy.max_poll_seconds)
+        current = self.coordinator.describe()
+        if self.coordinator.round is not None:
+            current["deadline_seconds"] = self.coordinator.round.seconds_left(now)
+            current["rejected"] = self.rejected_in_round
+        return {
+            "experiment": self.config.name,
+            "strategy": self.strategy.name,
+            "rounds": self.config.rounds,
+            "model_version": self.coordinator.state.round,
+            "finished": self.coordinator.finished,
+            "round": current if not self.coordinator.finished else None,
+            "devices": {
+                "enrolled": len(self.devices),
+                "active": sum(1 for t in self.last_seen.values() if now - t < active_window),
+                "by_kind": kinds,
+            },
+            "history": self.history[-500:],
+            "rejections": list(self.rejections)[-20:],
+        }
+
+    def close(self) -> None:
+        self.store.close()

@@ -1,0 +1,307 @@
+"""The federation server's durable state: SQLite (WAL) for records, files for tensors.
+
+Layout of the state folder::
+
+    state.db                      devices, rounds, assignments, accepted updates,
+                                  model versions, evaluations (SQLite, WAL, synchronous=FULL)
+    tensors/versions/<v>/model.safetensors    global model v and the strategy's task extras
+    tensors/versions/<v>/server.safetensors   the strategy's server state after v rounds
+                                              (server optimizer moments, control variates)
+    tensors/updates/<round>/<device>.<key>.safetensors   accepted updates of open rounds
+
+Every tensor file is written to a temporary name, flushed to disk and renamed
+(:class:`~fedge.central.storage.LocalStore`), and only then named in a committed SQLite
+row; so a record always points at a complete file, and a file no record names (left by a
+crash between the two) is deleted at start-up. A 2xx answer is sent after the commit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import sqlite3
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fedge.central.storage import LocalStore
+from fedge.errors import ConfigError, StorageError
+
+__all__ = ["Device", "FederationState", "StoredUpdate"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS devices (
+    id TEXT PRIMARY KEY, token_hash TEXT NOT NULL, kind TEXT NOT NULL, enrolled_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS versions (
+    version INTEGER PRIMARY KEY, round INTEGER, sha256 TEXT NOT NULL, created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS rounds (
+    number INTEGER PRIMARY KEY, model_version INTEGER NOT NULL, status TEXT NOT NULL,
+    opened_at REAL NOT NULL, started_at REAL, closed_at REAL, metrics TEXT
+);
+CREATE TABLE IF NOT EXISTS assignments (
+    round INTEGER NOT NULL, device TEXT NOT NULL, at REAL NOT NULL, PRIMARY KEY (round, device)
+);
+CREATE TABLE IF NOT EXISTS updates (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, round INTEGER NOT NULL, device TEXT NOT NULL,
+    key TEXT NOT NULL, num_samples INTEGER NOT NULL, file TEXT NOT NULL, at REAL NOT NULL,
+    UNIQUE (round, device)
+);
+CREATE TABLE IF NOT EXISTS evaluations (
+    version INTEGER PRIMARY KEY, loss REAL, accuracy REAL, at REAL NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class Device:
+    id: str
+    token_hash: str
+    kind: str
+
+
+@dataclass(frozen=True)
+class StoredUpdate:
+    seq: int
+    round: int
+    device: str
+    key: str
+    num_samples: int
+    file: str
+
+
+def hash_token(token: str) -> str:
+    """SHA-256 of a bearer token (tokens are 256-bit random: no key stretching needed)."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class FederationState:
+    """Records and tensor files of one federation under ``root``.
+
+    Methods are blocking and not thread-safe: the server calls them from one worker
+    thread at a time, under its lock.
+    """
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(
+                self.root / "state.db", isolation_level=None, check_same_thread=False
+            )
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=FULL")
+            self.db.executescript(_SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            raise StorageError(f"cannot open the server state in {self.root}: {exc}") from None
+        self.tensors = LocalStore(self.root / "tensors")
+
+    def close(self) -> None:
+        self.db.close()
+
+    # --- transactions -------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """``BEGIN IMMEDIATE`` … ``COMMIT``, rolled back on any error; SQLite errors (a
+        full disk, a read-only folder) become :class:`StorageError`."""
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+                self.db.execute("COMMIT")
+            finally:
+                if self.db.in_transaction:
+                    self.db.execute("ROLLBACK")
+        except sqlite3.Error as exc:
+            raise StorageError(f"server state in {self.root}: {exc}") from None
+
+    # --- experiment identity ------------------------------------------------------------
+
+    def claim(self, fingerprint: str) -> None:
+        """Tie the folder to one experiment: refuse to run another one on it."""
+        row = self.db.execute("SELECT value FROM meta WHERE key = 'experiment'").fetchone()
+        if row is None:
+            with self._transaction():
+                self.db.execute("INSERT INTO meta VALUES ('experiment', ?)", (fingerprint,))
+        elif row[0] != fingerprint:
+            raise ConfigError(
+                f"the state folder {self.root} belongs to another experiment (its config "
+                "differs outside [deploy]): give a new --state folder"
+            )
+
+    # --- devices ------------------------------------------------------------------------
+
+    def devices(self) -> list[Device]:
+        rows = self.db.execute("SELECT id, token_hash, kind FROM devices").fetchall()
+        return [Device(*row) for row in rows]
+
+    def add_device(self, device: Device) -> None:
+        with self._transaction():
+            self.db.execute(
+                "INSERT INTO devices VALUES (?, ?, ?, ?)",
+                (device.id, device.token_hash, device.kind, time.time()),
+            )
+
+    # --- model versions -----------------------------------------------------------------
+
+    @staticmethod
+    def _version_key(version: int, part: str) -> str:
+        return f"versions/{version}/{part}.safetensors"
+
+    def latest_version(self) -> int | None:
+        row = self.db.execute("SELECT MAX(version) FROM versions").fetchone()
+        return row[0]
+
+    def write_version_files(self, version: int, model: bytes, server: bytes) -> str:
+        """Write a version's tensor files (before :meth:`commit_round` names them)."""
+        self.tensors.put_bytes(self._version_key(version, "model"), model)
+        self.tensors.put_bytes(self._version_key(version, "server"), server)
+        return hashlib.sha256(model).hexdigest()
+
+    def read_version(self, version: int) -> tuple[bytes, bytes]:
+        return (
+            self.tensors.get_bytes(self._version_key(version, "model")),
+            self.tensors.get_bytes(self._version_key(version, "server")),
+        )
+
+    def add_initial_version(self, sha256: str) -> None:
+        with self._transaction():
+            self.db.execute("INSERT INTO versions VALUES (0, NULL, ?, ?)", (sha256, time.time()))
+
+    # --- rounds -------------------------------------------------------------------------
+
+    def open_round(self, number: int, model_version: int) -> None:
+        with self._transaction():
+            self._insert_round(number, model_version)
+
+    def _insert_round(self, number: int, model_version: int) -> None:
+        self.db.execute(
+            "INSERT INTO rounds (number, model_version, status, opened_at) VALUES (?, ?, ?, ?)",
+            (number, model_version, "open", time.time()),
+        )
+
+    def current_round(self) -> tuple[int, int, float | None] | None:
+        """``(number, model_version, started_at)`` of the open round, if any."""
+        return self.db.execute(
+            "SELECT number, model_version, started_at FROM rounds WHERE status = 'open'"
+        ).fetchone()
+
+    def last_round_number(self) -> int:
+        return self.db.execute("SELECT COALESCE(MAX(number), 0) FROM rounds").fetchone()[0]
+
+    def assign(self, round: int, device: str, at: float, first: bool) -> None:
+        with self._transaction():
+            self.db.execute("INSERT INTO assignments VALUES (?, ?, ?)", (round, device, at))
+            if first:
+                self.db.execute("UPDATE rounds SET started_at = ? WHERE number = ?", (at, round))
+
+    def assignments(self, round: int) -> dict[str, float]:
+        rows = self.db.execute("SELECT device, at FROM assignments WHERE round = ?", (round,))
+        return dict(rows.fetchall())
+
+    def commit_round(
+        self,
+        number: int,
+        status: str,
+        metrics: dict[str, Any],
+        *,
+        version: tuple[int, str] | None,
+        next_round: tuple[int, int] | None,
+    ) -> None:
+        """In one transaction: close or abandon round ``number``, record the new model
+        ``version`` (number, sha256) it produced, and open ``next_round``."""
+        now = time.time()
+        with self._transaction():
+            self.db.execute(
+                "UPDATE rounds SET status = ?, closed_at = ?, metrics = ? WHERE number = ?",
+                (status, now, json.dumps(metrics), number),
+            )
+            if version is not None:
+                self.db.execute(
+                    "INSERT INTO versions VALUES (?, ?, ?, ?)",
+                    (version[0], number, version[1], now),
+                )
+            if next_round is not None:
+                self._insert_round(*next_round)
+
+    def round_history(self) -> list[dict[str, Any]]:
+        rows = self.db.execute(
+            "SELECT r.number, r.model_version, r.status, r.metrics, e.loss, e.accuracy "
+            "FROM rounds r LEFT JOIN evaluations e ON e.version = r.model_version + 1 "
+            "AND r.status = 'closed' WHERE r.status != 'open' ORDER BY r.number"
+        ).fetchall()
+        history = []
+        for number, version, status, metrics, loss, acc in rows:
+            entry = {"round": number, "model_version": version, "status": status}
+            entry.update(json.loads(metrics or "{}"))
+            entry.update(test_loss=loss, test_accuracy=acc)
+            history.append(entry)
+        return history
+
+    # --- updates ------------------------------------------------------------------------
+
+    @staticmethod
+    def update_key(round: int, device: str, key: str) -> str:
+        return f"updates/{round}/{device}.{key}.safetensors"
+
+    def write_update_file(self, round: int, device: str, key: str, data: bytes) -> str:
+        name = self.update_key(round, device, key)
+        self.tensors.put_bytes(name, data)
+        return name
+
+    def add_update(self, round: int, device: str, key: str, num_samples: int, file: str) -> None:
+        with self._transaction():
+            self.db.execute(
+                "INSERT INTO updates (round, device, key, num_samples, file, at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (round, device, key, num_samples, file, time.time()),
+            )
+
+    def accepted(self, round: int) -> list[StoredUpdate]:
+        rows = self.db.execute(
+            "SELECT seq, round, device, key, num_samples, file FROM updates WHERE round = ? "
+            "ORDER BY seq",
+            (round,),
+        )
+        return [StoredUpdate(*row) for row in rows.fetchall()]
+
+    def accepted_key(self, round: int, device: str) -> str | None:
+        row = self.db.execute(
+            "SELECT key FROM updates WHERE round = ? AND device = ?", (round, device)
+        ).fetchone()
+        return None if row is None else row[0]
+
+    def read_update(self, stored: StoredUpdate) -> bytes:
+        return self.tensors.get_bytes(stored.file)
+
+    def delete_update_files(self, keep_round: int | None) -> None:
+        """Delete update files of every round but ``keep_round`` (the open one), and
+        files of the open round that no record names (a crash between write and commit)."""
+        named = set()
+        if keep_round is not None:
+            named = {u.file for u in self.accepted(keep_round)}
+        for key in self.tensors.list("updates/"):
+            if key not in named:
+                self.tensors.delete(key)
+
+    # --- evaluations --------------------------------------------------------------------
+
+    def add_evaluation(self, version: int, loss: float, accuracy: float) -> None:
+        with self._transaction():
+            self.db.execute(
+                "INSERT OR REPLACE INTO evaluations VALUES (?, ?, ?, ?)",
+                (version, loss, accuracy, time.time()),
+            )
+
+    def evaluated(self, version: int) -> bool:
+        row = self.db.execute("SELECT 1 FROM evaluations WHERE version = ?", (version,))
+        return row.fetchone() is not None
+
+    def iter_versions(self) -> Iterator[int]:
+        yield from (v for (v,) in self.db.execute("SELECT version FROM versions ORDER BY version"))
