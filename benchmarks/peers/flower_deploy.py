@@ -33,20 +33,30 @@ Measured:
 
 * ``seconds_per_round``: from the ServerApp's own stamps, entering ``configure_train`` to
   leaving ``aggregate_train`` (send, ClientApp start-up + data + training on every node,
-  replies, averaging); process start-up and waiting for the SuperNodes are not in it;
+  replies, averaging); process start-up and waiting for the SuperNodes are not in it.
+  Flower's own polling is: a SuperNode with nothing to do asks the SuperLink again after
+  3 s, its SuperExec looks for tasks every 1 s, the ServerApp looks for replies every 3 s;
+* ``clientapp_seconds``: per round, mean and max over the ClientApps of how long the
+  process had been alive when ``train`` was called (``startup-s``), loading the partition
+  (``load-s``) and training (``train-s``);
 * ``wall_seconds``: launching the SuperLink to the ServerApp's last stamp (``done``);
   ``startup_seconds``: launching the SuperLink to all N SuperNodes being connected;
 * peak memory, summed RSS sampled every 0.2 s from ``/proc``: ``server_peak_rss_mb``, the
   SuperLink's process tree (``flower-superlink``, its ``flower-superexec`` and the
   ``flwr-serverapp``); ``clients_peak_rss_mb``, all SuperNodes' trees together
-  (``flower-supernode``, ``flower-superexec``, the ``flwr-clientapp`` processes); per
-  program, the largest single RSS and how many processes ran (``*_processes``). The
-  ``flwr run`` CLI (the "user's workstation") is in neither.
+  (``flower-supernode``, ``flower-superexec``, the ``flwr-clientapp`` processes). Summed
+  RSS counts shared pages (torch's libraries) once per process, so it overstates what the
+  machine loses; ``machine_used_memory_growth_peak_mb`` is the largest growth of
+  ``MemTotal - MemAvailable`` since the start (anything else running counts too);
+* per program (``server_processes``, ``client_processes``): how many processes ran, the
+  largest RSS of one, and their CPU seconds together. The ``flwr run`` CLI (the "user's
+  workstation") is in neither side.
 
 Every process started here is in its own session; on success, error, timeout, SIGTERM or
 Ctrl-C the script signals those sessions and every process it has seen in their trees
-(TERM, then KILL after 5 s). ``--max-rss-mb`` aborts the run if server and clients together
-pass that much. Progress goes to stderr; the result is one JSON object in ``--out``.
+(TERM, then KILL after 5 s). ``--max-memory-mb`` (default 12 GiB) aborts the run when the
+machine's used memory has grown by more than that. Progress goes to stderr; the result is
+one JSON object in ``--out``.
 """
 
 from __future__ import annotations
@@ -150,6 +160,15 @@ class ProcInfo:
     cpu_ticks: int  # user + system time, in clock ticks
 
 
+def used_memory() -> int:
+    """The machine's used memory in bytes: ``MemTotal - MemAvailable``."""
+    info = {}
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        key, value = line.split(":", 1)
+        info[key] = int(value.split()[0]) * 1024
+    return info["MemTotal"] - info["MemAvailable"]
+
+
 def scan_proc() -> dict[int, ProcInfo]:
     """Parent, session, start time, RSS and CPU time of every process, from
     ``/proc/PID/stat``."""
@@ -238,6 +257,8 @@ class Side:
         their CPU time together (user + system, as of each one's last sample)."""
         out: dict[str, dict[str, Any]] = {}
         for seen in self.procs.values():
+            if seen.name == "?" and seen.peak_rss == 0:
+                continue  # exited before its command line could be read
             entry = out.setdefault(seen.name, {"processes": 0, "peak_rss_mb": 0.0, "cpu_s": 0.0})
             entry["processes"] += 1
             entry["peak_rss_mb"] = max(entry["peak_rss_mb"], round(seen.peak_rss / MB, 1))
@@ -250,9 +271,11 @@ class Side:
 class Cluster:
     """The SuperLink, the SuperNodes and the CLI: started, watched and stopped."""
 
-    def __init__(self, workdir: Path, max_rss: int) -> None:
+    def __init__(self, workdir: Path, max_memory: int) -> None:
         self.workdir = workdir
-        self.max_rss = max_rss
+        self.max_memory = max_memory
+        self.baseline_used = used_memory()
+        self.used_peak = 0  # largest growth of the machine's used memory
         self.bin = Path(sys.prefix) / "bin"
         self.started: list[Started] = []
         self.superlink: Started | None = None
@@ -314,10 +337,12 @@ class Cluster:
             self.seen.update((pid, table[pid].start) for pid in server | clients)
             total = self.server.add(server, table) + self.clients.add(clients, table)
             self.total_peak = max(self.total_peak, total)
-            if total > self.max_rss and self.over_memory is None:
+            grown = used_memory() - self.baseline_used
+            self.used_peak = max(self.used_peak, grown)
+            if grown > self.max_memory and self.over_memory is None:
                 self.over_memory = (
-                    f"server + clients use {total / MB:.0f} MB RSS > --max-rss-mb "
-                    f"{self.max_rss / MB:.0f}"
+                    f"the machine's used memory grew by {grown / MB:.0f} MB > "
+                    f"--max-memory-mb {self.max_memory / MB:.0f}"
                 )
 
     # checks ----------------------------------------------------------------------------
@@ -444,9 +469,13 @@ def follow(
             if ev["event"] == "nodes-ready":
                 say(f"ServerApp: all {ev['nodes']} SuperNodes connected")
             elif ev["event"] == "round":
+                parts = ", ".join(
+                    f"{key} {v['mean']:.1f} (max {v['max']:.1f})"
+                    for key, v in ev["clientapp"].items()
+                )
                 say(
                     f"round {ev['round']}/{rounds}: {ev['end'] - ev['start']:.2f} s "
-                    f"({ev['replies']} replies, {ev['errors']} errors)"
+                    f"({ev['replies']} replies, {ev['errors']} errors; ClientApp s: {parts})"
                 )
             elif ev["event"] == "error":
                 raise RunError(f"the ServerApp failed:\n{ev['traceback']}")
@@ -470,7 +499,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     import flwr
     import torch
 
-    cluster = Cluster(workdir, max_rss=args.max_rss_mb * MB)
+    cluster = Cluster(workdir, max_memory=args.max_memory_mb * MB)
     timing = workdir / "serverapp-events.jsonl"
     server_home = workdir / "home-superlink"
     link_port, *node_ports = free_ports(1 + args.clients)
@@ -546,11 +575,19 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "seconds_per_round": seconds,
         "median_seconds_per_round": round(statistics.median(seconds), 3),
         "rounds_seconds": round(rounds[-1]["end"] - rounds[0]["start"], 3),
+        "clientapp_seconds": [
+            {
+                key: {k: round(v, 3) for k, v in stats.items()}
+                for key, stats in ev["clientapp"].items()
+            }
+            for ev in rounds
+        ],
         "startup_seconds": round(ready - t_launch, 3),
         "wall_seconds": round(done - t_launch, 3),
         "server_peak_rss_mb": round(cluster.server.peak / MB, 1),
         "clients_peak_rss_mb": round(cluster.clients.peak / MB, 1),
         "total_peak_rss_mb": round(cluster.total_peak / MB, 1),
+        "machine_used_memory_growth_peak_mb": round(cluster.used_peak / MB, 1),
         "server_side": (
             "process tree of flower-superlink: flower-superlink + flower-superexec + "
             "flwr-serverapp (summed RSS)"
@@ -582,7 +619,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument(
         "--startup-timeout", type=float, default=180, help="seconds for processes to come up"
     )
-    p.add_argument("--max-rss-mb", type=int, default=12288, help="abort above this much RSS in all")
+    p.add_argument(
+        "--max-memory-mb",
+        type=int,
+        default=12288,
+        help="abort when the machine's used memory has grown by more than this",
+    )
     p.add_argument(
         "--workdir",
         type=Path,

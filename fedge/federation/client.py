@@ -117,6 +117,7 @@ class FederatedClient:
         )
         self._model_cache: tuple[str, bytes] | None = None
         self._model: tuple[str, torch.nn.Module] | None = None
+        self._identity_cache: dict[str, str] | None = None
         self.accepted = 0
 
     # --- files of the state folder ------------------------------------------------------
@@ -197,29 +198,39 @@ class FederatedClient:
     def run(self) -> int:
         """Take part until the experiment finishes (or ``max_updates``); returns the
         number of this device's updates the server accepted."""
-        identity = self._identity()
         while self.settings.max_updates is None or self.accepted < self.settings.max_updates:
-            try:
-                if self._path("pending.json").exists():
-                    self._upload_pending(identity)
-                    continue
-                answer = self._request(
-                    "POST", "/v1/checkin", headers=self._authorized(identity)
-                ).json()
-            except Unauthorized as exc:
-                if not self.secret:
-                    raise
-                self.log(f"the server does not know this device ({exc}): enrolling again")
-                identity = self._enroll()
-                continue
-            if answer["status"] == "finished":
-                self.log(f"the experiment is finished (model version {answer['model_version']})")
+            status, wait = self.step()
+            if status == "finished":
                 break
-            if answer["status"] == "wait":
-                time.sleep(float(answer["retry_after"]))
-                continue
-            self._train(identity, Task.model_validate(answer))
+            time.sleep(wait)
         return self.accepted
+
+    def step(self) -> tuple[str, float]:
+        """One turn of the loop: upload a pending update, or check in and act on the
+        answer. Returns ``(status, seconds to wait before the next turn)``, the status
+        being ``"uploaded"``, ``"trained"``, ``"wait"`` or ``"finished"``."""
+        if self._identity_cache is None:
+            self._identity_cache = self._identity()
+        identity = self._identity_cache
+        try:
+            if self._path("pending.json").exists():
+                self._upload_pending(identity)
+                return "uploaded", 0.0
+            answer = self._request("POST", "/v1/checkin", headers=self._authorized(identity))
+        except Unauthorized as exc:
+            if not self.secret:
+                raise
+            self.log(f"the server does not know this device ({exc}): enrolling again")
+            self._identity_cache = self._enroll()
+            return "wait", 0.0
+        body = answer.json()
+        if body["status"] == "finished":
+            self.log(f"the experiment is finished (model version {body['model_version']})")
+            return "finished", 0.0
+        if body["status"] == "wait":
+            return "wait", float(body["retry_after"])
+        self._train(identity, Task.model_validate(body))
+        return "trained", 0.0
 
     def _download(self, identity: dict[str, str], url: str) -> bytes:
         headers = self._authorized(identity)

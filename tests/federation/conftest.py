@@ -1,0 +1,146 @@
+"""Real federation servers (``fedge server`` as a subprocess on loopback) and the
+experiment files they run."""
+
+import contextlib
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import tomli_w
+
+SECRET = "correct-horse-battery-staple"
+
+
+def experiment(name="deploy-test", rounds=3, strategy=None, **deploy):
+    """A tiny digits experiment for 3 devices (all of them in every round)."""
+    return {
+        "name": name,
+        "seed": 0,
+        "rounds": rounds,
+        "engine": "sequential",
+        "data": {"name": "digits"},
+        "partition": {"scheme": "dirichlet", "num_clients": 3, "beta": 0.5},
+        "model": {"preset": "mlp", "hidden": [16]},
+        "client": {"epochs": 1, "batch_size": 32, "lr": 0.1, "momentum": 0.5},
+        "strategy": strategy or {"name": "fedavg"},
+        "deploy": {
+            "enrollment_secret": SECRET,
+            "deadline_seconds": 120.0,
+            "min_poll_seconds": 0.05,
+            "max_poll_seconds": 0.5,
+            **deploy,
+        },
+    }
+
+
+def write_config(path: Path, data: dict) -> Path:
+    path.write_bytes(tomli_w.dumps(data).encode())
+    return path
+
+
+class ServerProcess:
+    """``fedge server CONFIG --port 0 --state DIR``; restartable on the same state."""
+
+    def __init__(self, config: Path, state: Path, log: Path, *args: str):
+        self.config, self.state, self.log, self.args = config, state, log, args
+        self.proc: subprocess.Popen | None = None
+        self.url = ""
+
+    def start(self, port: int = 0) -> str:
+        with self.log.open("a") as err:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "fedge",
+                    "server",
+                    str(self.config),
+                    "--port",
+                    str(port),
+                    "--state",
+                    str(self.state),
+                    *self.args,
+                ],
+                stdout=subprocess.PIPE,
+                stderr=err,
+                text=True,
+            )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise RuntimeError(f"server exited: {self.log.read_text()}")
+            if "listening on" in line:
+                self.url = line.split()[-1]
+                break
+        else:
+            raise RuntimeError(f"server did not start: {self.log.read_text()}")
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{self.url}/v1/health", timeout=2).status_code == 200:
+                    return self.url
+            time.sleep(0.05)
+        raise RuntimeError(f"server not live: {self.log.read_text()}")
+
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown handler runs."""
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=10)
+        self.proc.stdout.close()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            self.proc.stdout.close()
+
+    def status(self) -> dict:
+        return httpx.get(f"{self.url}/v1/status", timeout=10).json()
+
+
+@pytest.fixture
+def federation(tmp_path):
+    """Start servers with ``federation(config_dict)``; all are stopped after the test."""
+    started = []
+
+    def start(data: dict, *args: str) -> ServerProcess:
+        config = write_config(tmp_path / f"{data['name']}.toml", data)
+        server = ServerProcess(config, tmp_path / "state", tmp_path / "server.log", *args)
+        server.start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+def records(state: Path) -> dict:
+    """Every row of every table of a server's SQLite state, and its tensor files."""
+    db = sqlite3.connect(f"file:{state / 'state.db'}?mode=ro", uri=True)
+    try:
+        tables = [t for (t,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        rows = {t: sorted(map(repr, db.execute(f"SELECT * FROM {t}"))) for t in tables}
+    finally:
+        db.close()
+    files = sorted(
+        (str(p.relative_to(state)), p.read_bytes())
+        for p in (state / "tensors").rglob("*")
+        if p.is_file()
+    )
+    return {"rows": rows, "files": files}

@@ -1,0 +1,120 @@
+"""SIGKILL the server mid-round and start it again: the round completes with every
+accepted update counted exactly once, and the final model is the uninterrupted one."""
+
+import json
+import time
+
+import httpx
+import torch
+from conftest import SECRET, experiment, records
+
+from fedge.config import parse_config
+from fedge.data.load import load_data, partition_data
+from fedge.federation.client import ClientSettings, FederatedClient
+from fedge.federation.wire import decode_model
+from fedge.sim.experiment import prepare, run
+
+
+def devices(server, tmp_path, config):
+    data = load_data(config.data, seed=config.seed)
+    parts = partition_data(data, config.partition, seed=config.seed)
+    settings = ClientSettings(backoff=0.05, max_backoff=0.5, timeout=30)
+    return [
+        FederatedClient(
+            server.url,
+            tmp_path / f"device{k}",
+            data.train.x[rows],
+            data.train.y[rows],
+            rng_id=k,
+            secret=SECRET,
+            settings=settings,
+            log=lambda message: None,
+        )
+        for k, rows in enumerate(parts)
+    ]
+
+
+def train_without_uploading(device):
+    """Train and keep the update pending, as a device whose upload has not gone out."""
+    device._upload_pending = lambda identity: None
+    try:
+        assert device.step()[0] == "trained"
+    finally:
+        del device._upload_pending
+    return device
+
+
+def upload_but_lose_the_answer(server, device):
+    """Send the pending update as the device would, but drop the server's answer."""
+    pending = json.loads((device.state_dir / "pending.json").read_text())
+    token = json.loads((device.state_dir / "device.json").read_text())["token"]
+    response = httpx.post(
+        server.url + pending["url"],
+        content=(device.state_dir / "pending.safetensors").read_bytes(),
+        headers={"Authorization": f"Bearer {token}", "Idempotency-Key": pending["key"]},
+    )
+    assert response.status_code == 201, response.text
+
+
+def finish(device, turns=200):
+    """Step a device whose work is done until the server says the experiment finished
+    (the last round closes a moment after its last upload)."""
+    for _ in range(turns):
+        status, wait = device.step()
+        if status != "wait":
+            return status
+        time.sleep(min(wait, 0.1))
+    return status
+
+
+def restart(server):
+    port = server.port
+    server.kill()
+    server.start(port=port)
+
+
+def test_sigkill_mid_round_loses_and_doubles_nothing(federation, tmp_path):
+    data = experiment(name="crash", rounds=2)
+    config = parse_config(data)
+    server = federation(data)
+    d0, d1, d2 = fleet = devices(server, tmp_path, config)
+
+    # Round 1: two updates accepted, the third device still training when the server dies.
+    assert d0.step()[0] == "trained" and d1.step()[0] == "trained"
+    train_without_uploading(d2)
+    assert server.status()["round"]["accepted"] == 2
+    restart(server)
+    resumed = server.status()["round"]
+    assert (resumed["number"], resumed["accepted"], resumed["assigned"]) == (1, 2, 3)
+    assert d2.step()[0] == "uploaded"  # the pending update goes to the restarted server
+
+    # Round 2: an upload is stored but its answer is lost in the crash; the device retries.
+    train_without_uploading(d0)
+    upload_but_lose_the_answer(server, d0)
+    restart(server)
+    assert server.status()["round"]["accepted"] == 1
+    assert d0.step()[0] == "uploaded"  # a retry under the same key: accepted once
+    assert d1.step()[0] == "trained" and d2.step()[0] == "trained"
+    for device in fleet:
+        assert finish(device) == "finished"
+    assert [device.accepted for device in fleet] == [2, 2, 2]
+
+    state = records(server.state)
+    updates = [eval(row) for row in state["rows"]["updates"]]  # (seq, round, device, ...)
+    by_round = {r: sorted(u[2] for u in updates if u[1] == r) for r in (1, 2)}
+    assert all(len(set(ids)) == len(ids) == 3 for ids in by_round.values())
+    history = server.status()["history"]
+    assert [(h["round"], h["status"], h["participants"]) for h in history] == [
+        (1, "closed", 3),
+        (2, "closed", 3),
+    ]
+    assert sorted(history[1]["devices"]) == by_round[2]
+
+    _, params, _ = decode_model(
+        (server.state / "tensors" / "versions" / "2" / "model.safetensors").read_bytes()
+    )
+    uninterrupted = run(prepare(config)).state.params
+    for name, value in uninterrupted.items():
+        torch.testing.assert_close(params[name], value, rtol=0, atol=1e-5)
+    for device in fleet:
+        device.close()
