@@ -49,8 +49,10 @@ Measured:
   machine loses; ``machine_used_memory_growth_peak_mb`` is the largest growth of
   ``MemTotal - MemAvailable`` since the start (anything else running counts too);
 * per program (``server_processes``, ``client_processes``): how many processes ran, the
-  largest RSS of one, and their CPU seconds together. The ``flwr run`` CLI (the "user's
-  workstation") is in neither side.
+  largest RSS of one, and their CPU seconds together (``fork of X``: a child seen before
+  it exec'd; ``?``: one whose command line could not be read; ``file``, ``uname``: run by
+  Python's ``platform`` module). The ``flwr run`` CLI (the "user's workstation") is in
+  neither side.
 
 Every process started here is in its own session; on success, error, timeout, SIGTERM or
 Ctrl-C the script signals those sessions and every process it has seen in their trees
@@ -115,7 +117,8 @@ def ensure_flower_python(venvs: Path) -> None:
         sys.path.insert(0, str(HERE.parent))
         from vs_peers import ensure_venv  # needs the project's environment (fedge)
 
-        python, _ = ensure_venv("flower", venvs)
+        with contextlib.redirect_stdout(sys.stderr):  # stdout stays free for callers
+            python, _ = ensure_venv("flower", venvs)
         if python is None:
             sys.exit("error: could not install the flower virtual environment")
         say(f"re-running under {python}")
@@ -244,6 +247,11 @@ class Side:
             info = table[pid]
             seen = self.procs.setdefault((pid, info.start), Seen())
             name = program(pid)
+            parent = table.get(info.ppid)
+            if parent is not None:
+                above = self.procs.get((info.ppid, parent.start))
+                if above is not None and above.name == name:
+                    name = f"fork of {name}"  # a child that has not exec'd (yet)
             if name != "?":
                 seen.name = name
             seen.peak_rss = max(seen.peak_rss, info.rss)
@@ -654,11 +662,16 @@ def scratch(workdir: Path | None) -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
+def on_sigterm(signum: int, frame: object) -> None:
+    """SIGTERM (e.g. a caller's timeout) unwinds like Ctrl-C, so that cleanup runs."""
+    say("terminated (SIGTERM)")
+    sys.exit(128 + signum)
+
+
 def main() -> None:
     args = parse_args()
     ensure_flower_python(args.venvs)
-    # SIGTERM (e.g. a caller's timeout) unwinds like Ctrl-C, so that cleanup runs
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    signal.signal(signal.SIGTERM, on_sigterm)
     with scratch(args.workdir) as workdir:
         say(f"scratch and logs: {workdir}")
         try:

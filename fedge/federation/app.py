@@ -276,7 +276,7 @@ def create_app(server: FederationServer) -> FastAPI:
         async def stream() -> AsyncIterator[str]:
             last = None
             quiet = 0.0
-            while not await request.is_disconnected():
+            while not server.stopping and not await request.is_disconnected():
                 text = json.dumps(server.status())
                 if text != last or quiet >= 15:
                     yield f"data: {text}\n\n" if text != last else ": keep-alive\n\n"
@@ -309,6 +309,17 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, telling the federation when it starts shutting down so that
+    open event streams end instead of holding the shutdown up."""
+
+    federation: FederationServer
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        self.federation.stopping = True
+        super().handle_exit(sig, frame)
 
 
 def run_federation_server(
@@ -356,7 +367,8 @@ def run_federation_server(
     )
     if on_listen is not None:
         on_listen(f"{scheme}://{shown}:{bound}")
-    runner = uvicorn.Server(config)
+    runner = _Server(config)
+    runner.federation = server
     runner.run(sockets=[sock])
     if not runner.started:
         raise ServingError("the server failed to start (the reason is logged above)")

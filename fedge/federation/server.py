@@ -139,6 +139,8 @@ class FederationServer:
         self.rejections: deque[dict[str, Any]] = deque(maxlen=50)
         self.rejected_in_round = 0
         self.last_seen: dict[str, float] = {}
+        #: Set when the process shuts down (event streams end).
+        self.stopping = False
         self._eval_model = fast_layout(build_model(self.spec)) if self.data is not None else None
         self._evaluating: asyncio.Task[None] | None = None
         self.store = FederationState(state_dir)

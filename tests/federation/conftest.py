@@ -144,3 +144,37 @@ def records(state: Path) -> dict:
         if p.is_file()
     )
     return {"rows": rows, "files": files}
+
+
+def make_devices(server, tmp_path, config):
+    """In-process devices, one per partition of ``config``, stepped by the test."""
+    from fedge.data.load import load_data, partition_data
+    from fedge.federation.client import ClientSettings, FederatedClient
+
+    data = load_data(config.data, seed=config.seed)
+    parts = partition_data(data, config.partition, seed=config.seed)
+    settings = ClientSettings(backoff=0.05, max_backoff=0.5, timeout=30)
+    return [
+        FederatedClient(
+            server.url,
+            tmp_path / f"device{k}",
+            data.train.x[rows],
+            data.train.y[rows],
+            rng_id=k,
+            secret=SECRET,
+            settings=settings,
+            log=lambda message: None,
+        )
+        for k, rows in enumerate(parts)
+    ]
+
+
+def finish(device, turns=200):
+    """Step a device until it does something other than wait (a round closes a moment
+    after its last upload); returns that status."""
+    for _ in range(turns):
+        status, wait = device.step()
+        if status != "wait":
+            return status
+        time.sleep(min(wait, 0.1))
+    return status

@@ -2,36 +2,14 @@
 accepted update counted exactly once, and the final model is the uninterrupted one."""
 
 import json
-import time
 
 import httpx
 import torch
-from conftest import SECRET, experiment, records
+from conftest import experiment, finish, make_devices, records
 
 from fedge.config import parse_config
-from fedge.data.load import load_data, partition_data
-from fedge.federation.client import ClientSettings, FederatedClient
 from fedge.federation.wire import decode_model
 from fedge.sim.experiment import prepare, run
-
-
-def devices(server, tmp_path, config):
-    data = load_data(config.data, seed=config.seed)
-    parts = partition_data(data, config.partition, seed=config.seed)
-    settings = ClientSettings(backoff=0.05, max_backoff=0.5, timeout=30)
-    return [
-        FederatedClient(
-            server.url,
-            tmp_path / f"device{k}",
-            data.train.x[rows],
-            data.train.y[rows],
-            rng_id=k,
-            secret=SECRET,
-            settings=settings,
-            log=lambda message: None,
-        )
-        for k, rows in enumerate(parts)
-    ]
 
 
 def train_without_uploading(device):
@@ -56,17 +34,6 @@ def upload_but_lose_the_answer(server, device):
     assert response.status_code == 201, response.text
 
 
-def finish(device, turns=200):
-    """Step a device whose work is done until the server says the experiment finished
-    (the last round closes a moment after its last upload)."""
-    for _ in range(turns):
-        status, wait = device.step()
-        if status != "wait":
-            return status
-        time.sleep(min(wait, 0.1))
-    return status
-
-
 def restart(server):
     port = server.port
     server.kill()
@@ -77,7 +44,7 @@ def test_sigkill_mid_round_loses_and_doubles_nothing(federation, tmp_path):
     data = experiment(name="crash", rounds=2)
     config = parse_config(data)
     server = federation(data)
-    d0, d1, d2 = fleet = devices(server, tmp_path, config)
+    d0, d1, d2 = fleet = make_devices(server, tmp_path, config)
 
     # Round 1: two updates accepted, the third device still training when the server dies.
     assert d0.step()[0] == "trained" and d1.step()[0] == "trained"
