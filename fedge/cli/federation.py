@@ -39,9 +39,10 @@ def server(
     The enrollment secret comes from $FEDGE_ENROLLMENT_SECRET or deploy.enrollment_secret.
     """
     from fedge.config import load_config
-    from fedge.federation.app import run_federation_server
+    from fedge.federation.app import check_transport, run_federation_server
     from fedge.federation.server import FederationServer
 
+    check_transport(host, tls_cert, tls_key, allow_http=allow_http)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     cfg = load_config(config, overrides or [])
     with console.status("loading the experiment and the server state", spinner="dots"):

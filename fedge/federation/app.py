@@ -52,7 +52,7 @@ from fedge.federation.protocol import (
 )
 from fedge.federation.server import FederationServer
 
-__all__ = ["create_app", "run_federation_server"]
+__all__ = ["check_transport", "create_app", "run_federation_server"]
 
 log = logging.getLogger("fedge.server")
 
@@ -322,6 +322,25 @@ class _Server(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
+def check_transport(
+    host: str, tls_cert: str | None, tls_key: str | None, *, allow_http: bool
+) -> None:
+    """Refuse a listening setup that would send tokens and models in clear over a
+    network, or TLS files that are missing (before anything slow starts)."""
+    from fedge.errors import ConfigError
+
+    if (tls_cert is None) != (tls_key is None):
+        raise ConfigError("give both --tls-cert and --tls-key, or neither")
+    if tls_cert is None and not allow_http and not _is_loopback(host):
+        raise ConfigError(
+            f"refusing plain HTTP on {host}: give --tls-cert and --tls-key, or --allow-http "
+            "if a proxy in front terminates TLS"
+        )
+    for path in (tls_cert, tls_key):
+        if path is not None and not os.path.isfile(path):
+            raise ConfigError(f"TLS file not found: {path}")
+
+
 def run_federation_server(
     server: FederationServer,
     *,
@@ -340,18 +359,9 @@ def run_federation_server(
     cross the network in clear).
     """
     from fedge.central.serving.server import bind_socket
-    from fedge.errors import ConfigError, ServingError
+    from fedge.errors import ServingError
 
-    if (tls_cert is None) != (tls_key is None):
-        raise ConfigError("give both --tls-cert and --tls-key, or neither")
-    if tls_cert is None and not allow_http and not _is_loopback(host):
-        raise ConfigError(
-            f"refusing plain HTTP on {host}: give --tls-cert and --tls-key, or --allow-http "
-            "if a proxy in front terminates TLS"
-        )
-    for path in (tls_cert, tls_key):
-        if path is not None and not os.path.isfile(path):
-            raise ConfigError(f"TLS file not found: {path}")
+    check_transport(host, tls_cert, tls_key, allow_http=allow_http)
     sock = bind_socket(host, port)
     bound = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host

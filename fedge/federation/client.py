@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import ssl
 import time
 import uuid
 from collections.abc import Callable
@@ -112,9 +113,10 @@ class FederatedClient:
         self.kind = kind
         self.settings = settings or ClientSettings()
         self.log = log
-        self.http = httpx.Client(
-            base_url=self.server, timeout=self.settings.timeout, verify=self.settings.verify
-        )
+        verify = self.settings.verify
+        if isinstance(verify, str):
+            verify = ssl.create_default_context(cafile=verify)
+        self.http = httpx.Client(base_url=self.server, timeout=self.settings.timeout, verify=verify)
         self._model_cache: tuple[str, bytes] | None = None
         self._model: tuple[str, torch.nn.Module] | None = None
         self._identity_cache: dict[str, str] | None = None

@@ -5,6 +5,7 @@ import contextlib
 import os
 import signal
 import sqlite3
+import ssl
 import subprocess
 import sys
 import time
@@ -51,6 +52,10 @@ class ServerProcess:
         self.config, self.state, self.log, self.args = config, state, log, args
         self.proc: subprocess.Popen | None = None
         self.url = ""
+        # Trust the server's own certificate when it has one.
+        self.verify = True
+        if "--tls-cert" in args:
+            self.verify = ssl.create_default_context(cafile=args[args.index("--tls-cert") + 1])
 
     def start(self, port: int = 0) -> str:
         with self.log.open("a") as err:
@@ -83,7 +88,8 @@ class ServerProcess:
             raise RuntimeError(f"server did not start: {self.log.read_text()}")
         while time.monotonic() < deadline:
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.url}/v1/health", timeout=2).status_code == 200:
+                health = httpx.get(f"{self.url}/v1/health", timeout=2, verify=self.verify)
+                if health.status_code == 200:
                     return self.url
             time.sleep(0.05)
         raise RuntimeError(f"server not live: {self.log.read_text()}")
@@ -110,7 +116,7 @@ class ServerProcess:
             self.proc.stdout.close()
 
     def status(self) -> dict:
-        return httpx.get(f"{self.url}/v1/status", timeout=10).json()
+        return httpx.get(f"{self.url}/v1/status", timeout=10, verify=self.verify).json()
 
 
 @pytest.fixture
