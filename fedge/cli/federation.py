@@ -103,6 +103,9 @@ def client(
     ca_cert: Annotated[
         str | None, typer.Option(help="CA bundle to verify the server's certificate.")
     ] = None,
+    max_backoff: Annotated[
+        float, typer.Option(help="Longest wait in seconds between retries of a failed request.")
+    ] = 30.0,
     quiet: Annotated[bool, typer.Option(help="Print nothing but errors.")] = False,
 ) -> None:
     """Train with a federation on this device's own data until the experiment finishes.
@@ -112,7 +115,9 @@ def client(
     from fedge.federation.client import ClientSettings, FederatedClient
 
     x, y, default_state = _device_data(data, config, partition, overrides or [])
-    settings = ClientSettings(max_updates=max_updates, verify=ca_cert or True)
+    settings = ClientSettings(
+        max_updates=max_updates, verify=ca_cert or True, max_backoff=max_backoff
+    )
 
     def log(message: str) -> None:
         if not quiet:

@@ -14,7 +14,7 @@
 ==========================================  ================================================
 
 Every refusal is JSON ``{"error": "..."}``: 400 malformed, 401 unknown device or wrong
-token or secret, 403 federation full, 404 unknown model version, 409 stale round or model
+token or secret, 404 unknown model version, 409 stale round or model
 version or a second update, 413 body too large, 507 the server's disk is full (retry).
 Request bodies are counted as they arrive and refused past their limit, whatever
 ``Content-Length`` says.

@@ -472,7 +472,7 @@ class FederationServer:
                 "test_accuracy": None,
             }
         )
-        await asyncio.to_thread(self.store.delete_update_files, keep_round=None)
+        await asyncio.to_thread(self.store.delete_round_files, current.number)
         self.rejected_in_round = 0
         if upcoming is not None:
             self.coordinator.open(upcoming[0])

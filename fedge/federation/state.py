@@ -281,14 +281,31 @@ class FederationState:
         return self.tensors.get_bytes(stored.file)
 
     def delete_update_files(self, keep_round: int | None) -> None:
-        """Delete update files of every round but ``keep_round`` (the open one), and
-        files of the open round that no record names (a crash between write and commit)."""
-        named = set()
+        """At start-up: delete update files of every round but ``keep_round`` (the open
+        one), files of the open round that no record names (a crash between write and
+        commit), and temporary files a crash left behind."""
+        named: set[Path] = set()
         if keep_round is not None:
-            named = {u.file for u in self.accepted(keep_round)}
-        for key in self.tensors.list("updates/"):
-            if key not in named:
-                self.tensors.delete(key)
+            named = {self.tensors.root / u.file for u in self.accepted(keep_round)}
+        folder = self.tensors.root / "updates"
+        if not folder.is_dir():
+            return
+        for path in sorted(folder.rglob("*"), reverse=True):  # files before their folders
+            with contextlib.suppress(OSError):
+                if path.is_dir():
+                    path.rmdir()  # only when empty
+                elif path not in named:
+                    path.unlink(missing_ok=True)
+
+    def delete_round_files(self, round: int) -> None:
+        """Delete the files of ``round``'s accepted updates (once the round is closed).
+
+        Files of uploads still in flight for that round are left to those uploads, which
+        delete their own file when they find the round closed."""
+        for stored in self.accepted(round):
+            self.tensors.delete(stored.file)
+        with contextlib.suppress(OSError):
+            (self.tensors.root / "updates" / str(round)).rmdir()  # only when empty
 
     # --- evaluations --------------------------------------------------------------------
 
