@@ -34,7 +34,7 @@ from importlib import resources
 from typing import Annotated, Any
 
 import uvicorn
-from fastapi import FastAPI, Header, Path, Request, Response
+from fastapi import FastAPI, Header, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 
@@ -58,6 +58,7 @@ log = logging.getLogger("fedge.server")
 
 _JSON_LIMIT = 64 << 10
 _NUMBER = r"^[0-9]{1,9}$"
+_MAX_HOLD = 30.0
 
 Scope = MutableMapping[str, Any]
 ASGIApp = Callable[[Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]], Any]
@@ -190,9 +191,16 @@ def create_app(server: FederationServer) -> FastAPI:
         return Enrollment(device_id=device_id, token=token)
 
     @app.post("/v1/checkin", tags=["rounds"], responses=_ERRORS)
-    async def checkin(request: Request, response: Response) -> Task | Wait | Finished:
-        """Ask for work: a task for the open round, or when to ask again."""
-        answer = await server.checkin(device_of(request))
+    async def checkin(
+        request: Request,
+        response: Response,
+        wait: Annotated[float, Query(ge=0, le=_MAX_HOLD)] = 0.0,
+    ) -> Task | Wait | Finished:
+        """Ask for work: a task for the open round, or when to ask again.
+
+        ``wait`` (seconds, at most 30): rather than answer "wait", hold the request until
+        the next round opens or that time has passed (a long poll)."""
+        answer = await server.checkin(device_of(request), hold=wait)
         if isinstance(answer, Wait):
             response.headers["Retry-After"] = str(max(1, round(answer.retry_after)))
         return answer

@@ -57,6 +57,9 @@ class ClientSettings:
         each time, with jitter).
     timeout:
         Seconds before a request is given up (and retried).
+    long_poll:
+        Seconds the server may hold a check-in until a new round opens, instead of
+        answering "wait" at once (0: never).
     max_updates:
         Stop after this many accepted updates (default: run until finished).
     verify:
@@ -66,6 +69,7 @@ class ClientSettings:
     backoff: float = 0.5
     max_backoff: float = 30.0
     timeout: float = 60.0
+    long_poll: float = 10.0
     max_updates: int | None = None
     verify: bool | str = True
 
@@ -218,7 +222,12 @@ class FederatedClient:
             if self._path("pending.json").exists():
                 self._upload_pending(identity)
                 return "uploaded", 0.0
-            answer = self._request("POST", "/v1/checkin", headers=self._authorized(identity))
+            answer = self._request(
+                "POST",
+                "/v1/checkin",
+                params={"wait": self.settings.long_poll},
+                headers=self._authorized(identity),
+            )
         except Unauthorized as exc:
             if not self.secret:
                 raise

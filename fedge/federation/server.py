@@ -35,8 +35,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from fedge.config import ExperimentConfig
 from fedge.data.dataset import FederatedData
 from fedge.errors import ConfigError, FedgeError, ProtocolError, StaleUpdate, Unauthorized
@@ -136,6 +134,7 @@ class FederationServer:
         )
         self.lock = asyncio.Lock()
         self.due = asyncio.Event()
+        self._opened = asyncio.Event()  # set (and replaced) when a round ends
         self.rejections: deque[dict[str, Any]] = deque(maxlen=50)
         self.rejected_in_round = 0
         self.last_seen: dict[str, float] = {}
@@ -303,8 +302,20 @@ class FederationServer:
             **self._task_fields,
         )
 
-    async def checkin(self, device: str) -> Task | Wait | Finished:
-        """A task for ``device`` if the open round has room for it, else when to return."""
+    async def checkin(self, device: str, hold: float = 0.0) -> Task | Wait | Finished:
+        """A task for ``device`` if the open round has room for it, else when to return.
+
+        With ``hold`` > 0 (a long poll) a device that would be told to wait is answered
+        as soon as the next round opens, or after ``hold`` seconds with the wait."""
+        opened = self._opened
+        answer = await self._checkin(device)
+        if isinstance(answer, Wait) and hold > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(opened.wait(), hold)
+                answer = await self._checkin(device)
+        return answer
+
+    async def _checkin(self, device: str) -> Task | Wait | Finished:
         self.last_seen[device] = self.clock()
         if self.coordinator.finished:
             return Finished(model_version=self.coordinator.state.round)
@@ -385,7 +396,8 @@ class FederationServer:
         current = self.coordinator.round
         if current is not None and current.number == round:
             return current.accepted.get(device) == key
-        return await asyncio.to_thread(self.store.accepted_key, round, device) == key
+        async with self.lock:  # reads on the connection wait for writes to commit
+            return await asyncio.to_thread(self.store.accepted_key, round, device) == key
 
     def _admit(self, device: str, round: int, model_version: int, key: str) -> bool:
         current = self.coordinator.round
@@ -476,12 +488,16 @@ class FederationServer:
         self.rejected_in_round = 0
         if upcoming is not None:
             self.coordinator.open(upcoming[0])
+        self._opened.set()  # wake long polls: a new round, or the end
+        self._opened = asyncio.Event()
         if version is not None:
             self._start_evaluation(state, self.history[-1])
 
     # --- evaluation ---------------------------------------------------------------------
 
     def _start_evaluation(self, state: ServerState, entry: dict[str, Any]) -> None:
+        """Test ``state``'s model on the test split in the background (one at a time, in
+        order), then record the result."""
         if self.data is None or not self.config.deploy.evaluate:
             return
         previous = self._evaluating
@@ -489,7 +505,13 @@ class FederationServer:
         async def run() -> None:
             if previous is not None:
                 await previous
-            loss, acc = await asyncio.to_thread(self._evaluate, state)
+            try:
+                loss, acc = await asyncio.to_thread(self._evaluate, state)
+                async with self.lock:  # one writer on the SQLite connection at a time
+                    await asyncio.to_thread(self.store.add_evaluation, state.round, loss, acc)
+            except (FedgeError, RuntimeError) as exc:
+                log.error("evaluation of model version %d failed: %s", state.round, exc)
+                return
             entry.update(test_loss=loss, test_accuracy=acc)
 
         self._evaluating = asyncio.get_running_loop().create_task(run())
@@ -497,16 +519,13 @@ class FederationServer:
     def _evaluate(self, state: ServerState) -> tuple[float, float]:
         assert self.data is not None and self._eval_model is not None
         test = self.data.test
-        with torch.no_grad():
-            loss, acc = evaluate(
-                self._eval_model,
-                test.x,
-                test.y,
-                params=state.params,
-                batch_size=self.config.eval.batch_size,
-            )
-        self.store.add_evaluation(state.round, loss, acc)
-        return loss, acc
+        return evaluate(
+            self._eval_model,
+            test.x,
+            test.y,
+            params=state.params,
+            batch_size=self.config.eval.batch_size,
+        )
 
     async def wait_idle(self) -> None:
         """Wait for a running evaluation (before shutting down)."""

@@ -4,6 +4,7 @@ global model of the sequential simulation of the same config."""
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -48,6 +49,17 @@ def run_clients(server, config, state_root, count=3):
     return outputs
 
 
+def wait_for_evaluations(server, count, timeout=60):
+    """The server's status once ``count`` rounds have their server-side evaluation."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status = server.status()
+        evaluated = [h for h in status["history"] if h.get("test_accuracy") is not None]
+        if len(evaluated) >= count or time.monotonic() > deadline:
+            return status
+        time.sleep(0.1)
+
+
 def final_model(state, version):
     path = state / "tensors" / "versions" / str(version) / "model.safetensors"
     found, params, extras = decode_model(path.read_bytes())
@@ -63,13 +75,16 @@ def test_deployment_reaches_the_simulated_model(federation, tmp_path, strategy):
     server = federation(data)
     run_clients(server, server.config, tmp_path)
 
-    status = server.status()
+    status = wait_for_evaluations(server, 3)
     assert status["finished"] and status["model_version"] == 3
     closed = [h for h in status["history"] if h["status"] == "closed"]
     assert [h["participants"] for h in closed] == [3, 3, 3]
     assert all(len(set(h["devices"])) == 3 for h in closed)
 
     simulated = run(prepare(parse_config(data)))
+    # The server tested every new model on the test split, as the simulation did.
+    for served, sim in zip(closed, simulated.history, strict=True):
+        assert served["test_accuracy"] == pytest.approx(sim["test_accuracy"], abs=1e-6)
     params, extras = final_model(server.state, 3)
     assert params.keys() == simulated.state.params.keys()
     for name, value in simulated.state.params.items():
