@@ -153,13 +153,14 @@ def records(state: Path) -> dict:
 
 
 def make_devices(server, tmp_path, config):
-    """In-process devices, one per partition of ``config``, stepped by the test."""
+    """In-process devices, one per partition of ``config``, stepped by the test (no long
+    polls: a check-in answers at once, so each step is one decision of the server)."""
     from fedge.data.load import load_data, partition_data
     from fedge.federation.client import ClientSettings, FederatedClient
 
     data = load_data(config.data, seed=config.seed)
     parts = partition_data(data, config.partition, seed=config.seed)
-    settings = ClientSettings(backoff=0.05, max_backoff=0.5, timeout=30)
+    settings = ClientSettings(backoff=0.05, max_backoff=0.5, timeout=30, long_poll=0)
     return [
         FederatedClient(
             server.url,

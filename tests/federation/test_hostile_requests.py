@@ -1,6 +1,7 @@
 """Every kind of bad request gets its 4xx and a JSON error naming the problem, and the
 server's state folder does not change; then a good upload still goes through once."""
 
+import hashlib
 import json
 import math
 import socket
@@ -312,3 +313,36 @@ def test_a_good_upload_is_stored_once(server, device):
     other = post_update(server, device, update_bytes(device), key="good-2")
     assert other.status_code == 409, other.text
     assert records(server.state) == after
+
+
+def test_model_download_has_an_etag_and_answers_304(server, device):
+    url = server.url + device["task"]["model_url"]
+    first = httpx.get(url, headers=device["auth"])
+    assert first.status_code == 200
+    etag = first.headers["etag"]
+    assert etag.strip('"') == hashlib.sha256(first.content).hexdigest()
+    again = httpx.get(url, headers={**device["auth"], "If-None-Match": etag})
+    assert again.status_code == 304 and again.content == b""
+    other = httpx.get(url, headers={**device["auth"], "If-None-Match": '"something-else"'})
+    assert other.status_code == 200 and other.content == first.content
+
+
+def test_every_route_is_in_the_openapi_document(server):
+    document = httpx.get(f"{server.url}/openapi.json").json()
+    paths = document["paths"]
+    expected = {
+        ("/v1/devices", "post"),
+        ("/v1/checkin", "post"),
+        ("/v1/models/{version}", "get"),
+        ("/v1/rounds/{round}/updates", "post"),
+        ("/v1/status", "get"),
+        ("/v1/events", "get"),
+        ("/v1/health", "get"),
+        ("/", "get"),
+    }
+    listed = {(path, method) for path, methods in paths.items() for method in methods}
+    assert listed == expected
+    upload = paths["/v1/rounds/{round}/updates"]["post"]
+    assert "application/octet-stream" in upload["requestBody"]["content"]
+    assert {"400", "401", "409", "413"} <= set(upload["responses"])
+    assert "Task" in document["components"]["schemas"]
