@@ -5,13 +5,16 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import pytest
 import torch
-from conftest import SECRET, experiment
+from conftest import SECRET, experiment, finish, make_devices
 
 from fedge.config import parse_config
 from fedge.federation.wire import decode_model
+from fedge.fl.local import client_generator, train_client
+from fedge.models.spec import build_model
 from fedge.sim.experiment import prepare, run
 
 
@@ -97,3 +100,54 @@ def test_deployment_reaches_the_simulated_model(federation, tmp_path, strategy):
         for name, value in simulated.state.extras["c"].items():
             torch.testing.assert_close(extras["c"][name], value, rtol=0, atol=1e-5)
         assert max(float(v.abs().max()) for v in extras["c"].values()) > 0
+
+
+def test_a_device_that_loses_its_scaffold_state_restarts_from_zero(federation, tmp_path):
+    """SCAFFOLD's c_i lives on the device; one that loses it trains on with c_i = 0 and
+    the federation stays consistent: the same model as local SGD with that loss."""
+    data = experiment(name="lost-state", rounds=3, strategy={"name": "scaffold"})
+    config = parse_config(data)
+    server = federation(data)
+    fleet = make_devices(server, tmp_path, config)
+    for r in (1, 2, 3):
+        if r == 2:
+            (fleet[1].state_dir / "client_state.safetensors").unlink()
+        for device in fleet:
+            assert finish(device) == "trained"
+    assert finish(fleet[0]) == "finished"
+
+    # Reference: the round loop written out, with device 1's c_i dropped before round 2.
+    fed = prepare(config)
+    strategy = fed.strategy
+    model = build_model(fed.spec, seed=config.seed)
+    state = strategy.init(dict(model.named_parameters()))
+    own = {}
+    for r in (1, 2, 3):
+        task = strategy.client_task(state)
+        if r == 2:
+            own.pop(1)
+        updates = []
+        for k in range(3):
+            x, y = fed.clients.client(k)
+            update = train_client(
+                model,
+                strategy,
+                replace(task, client_state=own.get(k)),
+                x,
+                y,
+                fed.local,
+                client_generator(config.seed, r, k),
+                client_id=k,
+            )
+            own[k] = update.client_state
+            updates.append(update)
+        state = strategy.aggregate(state, updates)
+    params, extras = final_model(server.state, 3)
+    for name, value in state.params.items():
+        torch.testing.assert_close(params[name], value, rtol=0, atol=1e-5)
+        torch.testing.assert_close(extras["c"][name], state.extras["c"][name], rtol=0, atol=1e-5)
+    # Not the run without the loss.
+    unbroken = run(prepare(config)).state.params
+    assert max(float((unbroken[k] - params[k]).abs().max()) for k in params) > 1e-4
+    for device in fleet:
+        device.close()
