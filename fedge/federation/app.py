@@ -151,15 +151,19 @@ def create_app(server: FederationServer) -> FastAPI:
     def device_of(request: Request) -> str:
         return server.authenticate(request.headers.get("authorization"))
 
+    def refuse(request: Request, status: int, message: str) -> JSONResponse:
+        """A 4xx answer; refused uploads are also shown on the dashboard."""
+        if request.url.path.startswith("/v1/rounds/"):
+            server.reject(getattr(request.state, "device", None), status, message)
+        return _error(status, message)
+
     @app.exception_handler(ProtocolError)
     async def protocol_error(request: Request, exc: ProtocolError) -> JSONResponse:
-        if request.url.path.startswith("/v1/rounds/"):
-            server.reject(request.state.__dict__.get("device"), exc.status, str(exc))
-        return _error(exc.status, str(exc))
+        return refuse(request, exc.status, str(exc))
 
     @app.exception_handler(RequestRejected)
     async def rejected(request: Request, exc: RequestRejected) -> JSONResponse:
-        return _error(exc.status, str(exc))
+        return refuse(request, exc.status, str(exc))
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -167,7 +171,7 @@ def create_app(server: FederationServer) -> FastAPI:
         for err in exc.errors():
             where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
             parts.append(f"{where}: {err.get('msg')}" if where else str(err.get("msg")))
-        return _error(400, "; ".join(parts) or "invalid request")
+        return refuse(request, 400, "; ".join(parts) or "invalid request")
 
     @app.exception_handler(StorageError)
     async def storage(request: Request, exc: StorageError) -> JSONResponse:

@@ -37,7 +37,14 @@ from typing import Any
 
 from fedge.config import ExperimentConfig
 from fedge.data.dataset import FederatedData
-from fedge.errors import ConfigError, FedgeError, ProtocolError, StaleUpdate, Unauthorized
+from fedge.errors import (
+    ConfigError,
+    FedgeError,
+    ProtocolError,
+    StaleUpdate,
+    StorageError,
+    Unauthorized,
+)
 from fedge.federation.protocol import Finished, Task, TrainingSettings, UploadReceipt, Wait
 from fedge.federation.state import Device, FederationState, hash_token
 from fedge.federation.wire import decode_model, decode_update, encode_model
@@ -46,7 +53,7 @@ from fedge.fl.rounds import RoundCoordinator, RoundPolicy, RoundStatus, RoundTal
 from fedge.fl.sampling import clients_per_round
 from fedge.fl.types import ClientUpdate, ServerState
 from fedge.models.spec import ModelSpec, build_model, fast_layout, load_spec
-from fedge.sim.build import make_strategy, model_spec
+from fedge.sim.build import check_cohort, make_strategy, model_spec
 
 __all__ = ["FederationServer", "experiment_fingerprint", "local_training"]
 
@@ -132,6 +139,7 @@ class FederationServer:
             deadline=deploy.deadline_seconds,
             max_samples=deploy.max_samples,
         )
+        check_cohort(config.strategy, self.policy.min_updates)
         self.lock = asyncio.Lock()
         self.due = asyncio.Event()
         self._opened = asyncio.Event()  # set (and replaced) when a round ends
@@ -451,13 +459,20 @@ class FederationServer:
         state = self.coordinator.state
         if outcome is RoundStatus.CLOSED:
             tally = RoundTally()
-            state = await asyncio.to_thread(
-                self.coordinator.aggregate, self._stored_updates(current.number), tally
-            )
-            version = (state.round, await asyncio.to_thread(self._write_version, state))
-            metrics.update(
-                samples=tally.samples, train_loss=tally.train_loss, devices=tally.devices
-            )
+            try:
+                state = await asyncio.to_thread(
+                    self.coordinator.aggregate, self._stored_updates(current.number), tally
+                )
+            except StorageError:
+                raise  # retried by the round loop: the updates are still on disk
+            except FedgeError as exc:  # e.g. a robust aggregator refusing too few updates
+                log.error("round %d cannot be aggregated: %s", current.number, exc)
+                metrics["error"] = str(exc)
+            else:
+                version = (state.round, await asyncio.to_thread(self._write_version, state))
+                metrics.update(
+                    samples=tally.samples, train_loss=tally.train_loss, devices=tally.devices
+                )
         metrics["seconds"] = self.clock() - started
         upcoming = None if state.round >= self.config.rounds else (current.number + 1, state.round)
         await asyncio.to_thread(
@@ -557,7 +572,9 @@ class FederationServer:
                 "active": sum(1 for t in self.last_seen.values() if now - t < active_window),
                 "by_kind": kinds,
             },
-            "history": self.history[-500:],
+            "history": [
+                {k: v for k, v in h.items() if k != "devices"} for h in self.history[-500:]
+            ],
             "rejections": list(self.rejections)[-20:],
         }
 

@@ -32,7 +32,7 @@ from fedge.fl.strategy import (
 )
 from fedge.models.spec import ModelSpec, load_spec, preset_spec
 
-__all__ = ["make_aggregator", "make_strategy", "model_spec"]
+__all__ = ["check_cohort", "make_aggregator", "make_strategy", "model_spec"]
 
 
 def make_aggregator(config: AggregatorConfig) -> Aggregator:
@@ -47,6 +47,17 @@ def make_aggregator(config: AggregatorConfig) -> Aggregator:
     else:
         inner = WeightedMean()
     return inner if config.clip_norm is None else NormBound(config.clip_norm, inner)
+
+
+def check_cohort(config: StrategyConfig, updates: int) -> None:
+    """Refuse a strategy whose aggregator cannot work with as few as ``updates`` per round
+    (Krum tolerating f attackers needs more than 2f + 2)."""
+    agg = config.aggregator
+    if isinstance(agg, KrumAggregator) and updates <= 2 * agg.f + 2:
+        raise ConfigError(
+            f"{agg.name} with f={agg.f} needs more than {2 * agg.f + 2} client updates per "
+            f"round, got {updates}"
+        )
 
 
 def make_strategy(config: StrategyConfig, *, num_clients: int, local: LocalTraining) -> Strategy:

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from fedge.config import ExperimentConfig, KrumAggregator
+from fedge.config import ExperimentConfig
 from fedge.data.dataset import FederatedData
 from fedge.data.load import load_data, partition_data
 from fedge.errors import ConfigError
@@ -34,7 +34,7 @@ from fedge.sim.adversity import (
     malicious_clients,
     straggler_budgets,
 )
-from fedge.sim.build import make_strategy, model_spec
+from fedge.sim.build import check_cohort, make_strategy, model_spec
 from fedge.sim.engine import ClientData, Engine, SequentialEngine
 from fedge.sim.outputs import RunDirectory, peak_memory_mb
 from fedge.sim.ray_engine import RayEngine
@@ -107,12 +107,7 @@ def prepare(config: ExperimentConfig) -> Federation:
             rows = [torch.as_tensor(partition[k], dtype=torch.int64) for k in sorted(malicious)]
             y = flip_labels(y, rows, data.num_classes)
     strategy = make_strategy(config.strategy, num_clients=len(partition), local=local)
-    agg = config.strategy.aggregator
-    if isinstance(agg, KrumAggregator) and cohort <= 2 * agg.f + 2:
-        raise ConfigError(
-            f"{agg.name} with f={agg.f} needs more than {2 * agg.f + 2} clients per round, "
-            f"got {cohort}"
-        )
+    check_cohort(config.strategy, cohort)
     policy = config.system.policy
     if policy == "auto":
         policy = "partial" if strategy.accepts_partial_work else "drop"

@@ -2,6 +2,7 @@
 experiment files they run."""
 
 import contextlib
+import json
 import os
 import signal
 import sqlite3
@@ -185,3 +186,13 @@ def finish(device, turns=200):
             return status
         time.sleep(min(wait, 0.1))
     return status
+
+
+def round_records(state: Path) -> dict[int, dict]:
+    """Each ended round's status and metrics as the server committed them."""
+    db = sqlite3.connect(f"file:{state / 'state.db'}?mode=ro", uri=True)
+    try:
+        rows = db.execute("SELECT number, status, metrics FROM rounds WHERE status != 'open'")
+        return {n: {"status": s, **json.loads(m)} for n, s, m in rows.fetchall()}
+    finally:
+        db.close()

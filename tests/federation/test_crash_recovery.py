@@ -5,7 +5,7 @@ import json
 
 import httpx
 import torch
-from conftest import experiment, finish, make_devices, records
+from conftest import experiment, finish, make_devices, records, round_records
 
 from fedge.config import parse_config
 from fedge.federation.wire import decode_model
@@ -75,7 +75,7 @@ def test_sigkill_mid_round_loses_and_doubles_nothing(federation, tmp_path):
         (1, "closed", 3),
         (2, "closed", 3),
     ]
-    assert sorted(history[1]["devices"]) == by_round[2]
+    assert sorted(round_records(server.state)[2]["devices"]) == by_round[2]
 
     _, params, _ = decode_model(
         (server.state / "tensors" / "versions" / "2" / "model.safetensors").read_bytes()

@@ -9,7 +9,7 @@ from dataclasses import replace
 
 import pytest
 import torch
-from conftest import SECRET, experiment, finish, make_devices
+from conftest import SECRET, experiment, finish, make_devices, round_records
 
 from fedge.config import parse_config
 from fedge.federation.wire import decode_model
@@ -82,7 +82,8 @@ def test_deployment_reaches_the_simulated_model(federation, tmp_path, strategy):
     assert status["finished"] and status["model_version"] == 3
     closed = [h for h in status["history"] if h["status"] == "closed"]
     assert [h["participants"] for h in closed] == [3, 3, 3]
-    assert all(len(set(h["devices"])) == 3 for h in closed)
+    committed = round_records(server.state)
+    assert all(len(set(committed[h["round"]]["devices"])) == 3 for h in closed)
 
     simulated = run(prepare(parse_config(data)))
     # The server tested every new model on the test split, as the simulation did.
