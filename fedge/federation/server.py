@@ -29,7 +29,6 @@ import random
 import secrets
 import statistics
 import time
-import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -125,8 +124,11 @@ class FederationServer:
         self.strategy = make_strategy(
             config.strategy, num_clients=self.num_devices, local=self.local
         )
-        self.data = data if data is not None else self._load_data()
-        self.spec = self._spec()
+        data = data if data is not None else self._load_data()
+        self.spec = self._spec(data)
+        #: The test split the server evaluates each new model on (the training split is
+        #: the devices' business: it is not kept).
+        self.test = data.test if data is not None and deploy.evaluate else None
         target = clients_per_round(
             self.num_devices,
             count=config.server.clients_per_round,
@@ -148,7 +150,7 @@ class FederationServer:
         self.last_seen: dict[str, float] = {}
         #: Set when the process shuts down (event streams end).
         self.stopping = False
-        self._eval_model = fast_layout(build_model(self.spec)) if self.data is not None else None
+        self._eval_model = fast_layout(build_model(self.spec)) if self.test is not None else None
         self._evaluating: asyncio.Task[None] | None = None
         self.store = FederationState(state_dir)
         self.store.claim(experiment_fingerprint(config))
@@ -192,11 +194,11 @@ class FederationServer:
             log.warning("no server-side evaluation: %s", exc)
             return None
 
-    def _spec(self) -> ModelSpec:
-        if self.config.model.spec is not None and self.data is None:
+    def _spec(self, data: FederatedData | None) -> ModelSpec:
+        if self.config.model.spec is not None and data is None:
             return load_spec(self.config.model.spec)
-        assert self.data is not None  # _load_data raised otherwise
-        return model_spec(self.config, self.data)
+        assert data is not None  # _load_data raised otherwise
+        return model_spec(self.config, data)
 
     def _initial_state(self) -> ServerState:
         version = self.store.latest_version()
@@ -224,7 +226,6 @@ class FederationServer:
                 number = self.store.last_round_number() + 1
                 self.store.open_round(number, self.coordinator.state.round)
                 self.coordinator.open(number)
-            self.store.delete_update_files(keep_round=None)
             return
         number, version, started_at = row
         if version != self.coordinator.state.round:
@@ -236,7 +237,6 @@ class FederationServer:
         current.started_at = started_at
         current.assigned = self.store.assignments(number)
         current.accepted = {u.device: u.key for u in self.store.accepted(number)}
-        self.store.delete_update_files(keep_round=number)
         log.info(
             "resuming round %d: %d tasks out, %d updates accepted",
             number,
@@ -287,7 +287,7 @@ class FederationServer:
         deploy = self.config.deploy
         current = self.coordinator.round
         durations = [h["seconds"] for h in self.history[-5:] if "seconds" in h]
-        typical = statistics.median(durations) if durations else 2.0
+        typical = statistics.median(durations) if durations else deploy.min_poll_seconds
         remaining = typical
         if current is not None and current.started_at is not None:
             remaining = typical - (self.clock() - current.started_at)
@@ -379,25 +379,17 @@ class FederationServer:
             raise StaleUpdate(f"the update names round {decoded.round} but was sent to {round}")
         self._admit(device, decoded.round, decoded.model_version, key)
         await asyncio.to_thread(self.coordinator.check, decoded.update)
-        name = f"{key}.{uuid.uuid4().hex[:8]}"
-        file = await asyncio.to_thread(self.store.write_update_file, round, device, name, body)
-        stored = False
-        try:
-            async with self.lock:
-                if not self._admit(device, decoded.round, decoded.model_version, key):
-                    return 200, receipt
-                await asyncio.to_thread(
-                    self.store.add_update, round, device, key, decoded.update.num_samples, file
-                )
-                stored = True
-                current = self.coordinator.round
-                assert current is not None
-                current.accept(device, key)
-                if current.due(self.clock()) is not None:
-                    self.due.set()
-        finally:
-            if not stored:
-                await asyncio.to_thread(self.store.tensors.delete, file)
+        async with self.lock:
+            if not self._admit(device, decoded.round, decoded.model_version, key):
+                return 200, receipt
+            await asyncio.to_thread(
+                self.store.add_update, round, device, key, decoded.update.num_samples, body
+            )
+            current = self.coordinator.round
+            assert current is not None
+            current.accept(device, key)
+            if current.due(self.clock()) is not None:
+                self.due.set()
         return 201, UploadReceipt(duplicate=False, round=round, device_id=device)
 
     async def _already_accepted(self, device: str, round: int, key: str) -> bool:
@@ -499,7 +491,7 @@ class FederationServer:
                 "test_accuracy": None,
             }
         )
-        await asyncio.to_thread(self.store.delete_round_files, current.number)
+        await asyncio.to_thread(self.store.drop_update_data, current.number)
         self.rejected_in_round = 0
         if upcoming is not None:
             self.coordinator.open(upcoming[0])
@@ -513,7 +505,7 @@ class FederationServer:
     def _start_evaluation(self, state: ServerState, entry: dict[str, Any]) -> None:
         """Test ``state``'s model on the test split in the background (one at a time, in
         order), then record the result."""
-        if self.data is None or not self.config.deploy.evaluate:
+        if self.test is None:
             return
         previous = self._evaluating
 
@@ -532,8 +524,8 @@ class FederationServer:
         self._evaluating = asyncio.get_running_loop().create_task(run())
 
     def _evaluate(self, state: ServerState) -> tuple[float, float]:
-        assert self.data is not None and self._eval_model is not None
-        test = self.data.test
+        assert self.test is not None and self._eval_model is not None
+        test = self.test
         return evaluate(
             self._eval_model,
             test.x,

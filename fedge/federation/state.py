@@ -7,12 +7,12 @@ Layout of the state folder::
     tensors/versions/<v>/model.safetensors    global model v and the strategy's task extras
     tensors/versions/<v>/server.safetensors   the strategy's server state after v rounds
                                               (server optimizer moments, control variates)
-    tensors/updates/<round>/<device>.<key>.safetensors   accepted updates of open rounds
 
-Every tensor file is written to a temporary name, flushed to disk and renamed
-(:class:`~fedge.central.storage.LocalStore`), and only then named in a committed SQLite
-row; so a record always points at a complete file, and a file no record names (left by a
-crash between the two) is deleted at start-up. A 2xx answer is sent after the commit.
+An accepted update is one SQLite row with its safetensors bytes, committed in one
+transaction (one fsync of the WAL), so it is either wholly there or not at all; its bytes
+are dropped once its round has ended. Model files are written to a temporary name,
+flushed to disk and renamed (:class:`~fedge.central.storage.LocalStore`) before the
+transaction that names their version commits. A 2xx answer is sent after the commit.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ CREATE TABLE IF NOT EXISTS assignments (
 );
 CREATE TABLE IF NOT EXISTS updates (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, round INTEGER NOT NULL, device TEXT NOT NULL,
-    key TEXT NOT NULL, num_samples INTEGER NOT NULL, file TEXT NOT NULL, at REAL NOT NULL,
+    key TEXT NOT NULL, num_samples INTEGER NOT NULL, at REAL NOT NULL, data BLOB,
     UNIQUE (round, device)
 );
 CREATE TABLE IF NOT EXISTS evaluations (
@@ -72,7 +72,6 @@ class StoredUpdate:
     device: str
     key: str
     num_samples: int
-    file: str
 
 
 def hash_token(token: str) -> str:
@@ -246,27 +245,18 @@ class FederationState:
 
     # --- updates ------------------------------------------------------------------------
 
-    @staticmethod
-    def update_key(round: int, device: str, key: str) -> str:
-        return f"updates/{round}/{device}.{key}.safetensors"
-
-    def write_update_file(self, round: int, device: str, key: str, data: bytes) -> str:
-        name = self.update_key(round, device, key)
-        self.tensors.put_bytes(name, data)
-        return name
-
-    def add_update(self, round: int, device: str, key: str, num_samples: int, file: str) -> None:
+    def add_update(self, round: int, device: str, key: str, num_samples: int, data: bytes) -> None:
+        """Record an accepted update and its bytes, durably (one transaction)."""
         with self._transaction():
             self.db.execute(
-                "INSERT INTO updates (round, device, key, num_samples, file, at) "
+                "INSERT INTO updates (round, device, key, num_samples, at, data) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
-                (round, device, key, num_samples, file, time.time()),
+                (round, device, key, num_samples, time.time(), data),
             )
 
     def accepted(self, round: int) -> list[StoredUpdate]:
         rows = self.db.execute(
-            "SELECT seq, round, device, key, num_samples, file FROM updates WHERE round = ? "
-            "ORDER BY seq",
+            "SELECT seq, round, device, key, num_samples FROM updates WHERE round = ? ORDER BY seq",
             (round,),
         )
         return [StoredUpdate(*row) for row in rows.fetchall()]
@@ -278,34 +268,16 @@ class FederationState:
         return None if row is None else row[0]
 
     def read_update(self, stored: StoredUpdate) -> bytes:
-        return self.tensors.get_bytes(stored.file)
+        row = self.db.execute("SELECT data FROM updates WHERE seq = ?", (stored.seq,)).fetchone()
+        if row is None or row[0] is None:
+            raise StorageError(f"the bytes of update {stored.seq} are gone")
+        return row[0]
 
-    def delete_update_files(self, keep_round: int | None) -> None:
-        """At start-up: delete update files of every round but ``keep_round`` (the open
-        one), files of the open round that no record names (a crash between write and
-        commit), and temporary files a crash left behind."""
-        named: set[Path] = set()
-        if keep_round is not None:
-            named = {self.tensors.root / u.file for u in self.accepted(keep_round)}
-        folder = self.tensors.root / "updates"
-        if not folder.is_dir():
-            return
-        for path in sorted(folder.rglob("*"), reverse=True):  # files before their folders
-            with contextlib.suppress(OSError):
-                if path.is_dir():
-                    path.rmdir()  # only when empty
-                elif path not in named:
-                    path.unlink(missing_ok=True)
-
-    def delete_round_files(self, round: int) -> None:
-        """Delete the files of ``round``'s accepted updates (once the round is closed).
-
-        Files of uploads still in flight for that round are left to those uploads, which
-        delete their own file when they find the round closed."""
-        for stored in self.accepted(round):
-            self.tensors.delete(stored.file)
-        with contextlib.suppress(OSError):
-            (self.tensors.root / "updates" / str(round)).rmdir()  # only when empty
+    def drop_update_data(self, round: int) -> None:
+        """Free the bytes of ``round``'s updates once the round has ended (the records
+        stay: they answer retried uploads and say who took part)."""
+        with self._transaction():
+            self.db.execute("UPDATE updates SET data = NULL WHERE round = ?", (round,))
 
     # --- evaluations --------------------------------------------------------------------
 
