@@ -7,7 +7,9 @@ N devices, all of them in every round (Fashion-MNIST, IID, the LeNet CNN, FedAvg
 ``clients_per_round = N``, ``over_selection = 1.0``, no deadline pressure, no server-side
 evaluation, poll delays 0.2 to 2 s). N devices run as asyncio tasks in this process, each
 with its own ``httpx.AsyncClient`` (one keep-alive connection, as a real device has). A
-device enrolls, then checks in, sleeps ``retry_after`` when told to wait, and on a task
+device enrolls, then checks in with a long poll as ``fedge client`` does (``?wait=10``:
+the server answers as soon as the next round opens), sleeps ``retry_after`` when still
+told to wait, and on a task
 downloads the model (``If-None-Match``, cached by ETag), builds its update *without
 training* — w_k = w + δ_k, δ_k a fixed tensor per device (``randn × 0.01`` seeded with
 k), n_k = 1 + k mod 50, one step, ``train_loss = 1`` — encodes it with
@@ -20,10 +22,8 @@ in each round the last task went out, the first and last update arrived and the 
 closed; the server process's peak memory (``VmHWM`` from ``/proc/PID/status`` just before
 it is stopped; it includes the dataset, which the server loads to size the preset model)
 and CPU seconds, and this process's CPU seconds (the load generator shares the machine's
-cores with the server: httpx costs ~1 ms of CPU per request). With small N the rate
-mostly measures pace steering (devices that reported wait for the round to close, then
-poll again after up to 2.5 s). With ``--shared-client`` all devices share one
-``AsyncClient`` with N connections instead; httpcore's pool then scans all its
+cores with the server: httpx costs ~1 ms of CPU per request). With ``--shared-client``
+all devices share one ``AsyncClient`` with N connections instead; httpcore's pool then scans all its
 connections for every request and response, so the load generator's CPU grows as N² (at
 N = 100: 10.7 s of CPU against 1.6 s, 18 instead of 77 updates/s) and it measures itself
 rather than the server. Checked:
@@ -103,6 +103,7 @@ MB = 2**20
 PAGE = os.sysconf("SC_PAGE_SIZE")
 TICKS = os.sysconf("SC_CLK_TCK")
 TOLERANCE = 1e-5
+LONG_POLL = 10.0  # seconds a check-in may be held until a round opens, as fedge client
 
 
 def say(message: str) -> None:
@@ -495,7 +496,9 @@ class LoadTest:
     async def run_device(self, http: httpx.AsyncClient, device: SimDevice) -> None:
         etags: dict[str, str] = {}
         while True:
-            response = await self.request(http, "POST", "/v1/checkin", headers=device.auth)
+            response = await self.request(
+                http, "POST", "/v1/checkin", params={"wait": LONG_POLL}, headers=device.auth
+            )
             self.counts.checkins += 1
             if response.status_code != 200:
                 raise BenchmarkError(f"check-in: {response.status_code} {response.text[:200]}")
