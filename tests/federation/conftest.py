@@ -196,3 +196,46 @@ def round_records(state: Path) -> dict[int, dict]:
         return {n: {"status": s, **json.loads(m)} for n, s, m in rows.fetchall()}
     finally:
         db.close()
+
+
+def start_clients(server, state_root: Path, *args: str, count: int = 3) -> list:
+    """``fedge client`` processes on partitions 0..count-1 of the server's experiment."""
+    env = {**os.environ, "FEDGE_ENROLLMENT_SECRET": SECRET}
+    return [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "fedge",
+                "client",
+                "--server",
+                server.url,
+                "--config",
+                str(server.config),
+                "--partition",
+                str(k),
+                "--state",
+                str(state_root / f"d{k}"),
+                "--quiet",
+                *args,
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for k in range(count)
+    ]
+
+
+def wait_for_clients(clients: list, timeout: float = 240) -> None:
+    """Wait for client processes to end; each must succeed."""
+    try:
+        for client in clients:
+            out, _ = client.communicate(timeout=timeout)
+            assert client.returncode == 0, out
+    finally:
+        for client in clients:
+            if client.poll() is None:
+                client.kill()
+                client.wait()

@@ -1,14 +1,11 @@
 """SIGKILL at any moment: real client processes train while the server is killed and
 restarted at random times; the run ends with the uninterrupted model."""
 
-import os
 import random
-import subprocess
-import sys
 import time
 
 import torch
-from conftest import SECRET, experiment, records
+from conftest import experiment, records, start_clients, wait_for_clients
 
 from fedge.config import parse_config
 from fedge.federation.wire import decode_model
@@ -18,33 +15,7 @@ from fedge.sim.experiment import prepare, run
 def test_random_sigkills_change_nothing(federation, tmp_path):
     data = experiment(name="chaos", rounds=5)
     server = federation(data)
-    env = {**os.environ, "FEDGE_ENROLLMENT_SECRET": SECRET}
-    clients = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "fedge",
-                "client",
-                "--server",
-                server.url,
-                "--config",
-                str(server.config),
-                "--partition",
-                str(k),
-                "--state",
-                str(tmp_path / f"d{k}"),
-                "--max-backoff",
-                "0.3",
-                "--quiet",
-            ],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for k in range(3)
-    ]
+    clients = start_clients(server, tmp_path, "--max-backoff", "0.3")
     rng = random.Random(7)
     kills = 0
     try:
@@ -58,14 +29,8 @@ def test_random_sigkills_change_nothing(federation, tmp_path):
             kills += 1
             time.sleep(rng.uniform(0.0, 0.5))
             server.start(port=port)
-        for c in clients:
-            out, _ = c.communicate(timeout=240)
-            assert c.returncode == 0, out
     finally:
-        for c in clients:
-            if c.poll() is None:
-                c.kill()
-                c.wait()
+        wait_for_clients(clients)
     assert kills >= 2  # the run was really interrupted
 
     status = server.status()

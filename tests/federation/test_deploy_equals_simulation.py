@@ -1,55 +1,25 @@
 """Deploy = simulate: a real server and 3 real client processes over loopback end with the
 global model of the sequential simulation of the same config."""
 
-import os
-import subprocess
-import sys
 import time
 from dataclasses import replace
 
 import pytest
 import torch
-from conftest import SECRET, experiment, finish, make_devices, round_records
+from conftest import (
+    experiment,
+    finish,
+    make_devices,
+    round_records,
+    start_clients,
+    wait_for_clients,
+)
 
 from fedge.config import parse_config
 from fedge.federation.wire import decode_model
 from fedge.fl.local import client_generator, train_client
 from fedge.models.spec import build_model
 from fedge.sim.experiment import prepare, run
-
-
-def run_clients(server, config, state_root, count=3):
-    env = {**os.environ, "FEDGE_ENROLLMENT_SECRET": SECRET}
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "fedge",
-                "client",
-                "--server",
-                server.url,
-                "--config",
-                str(config),
-                "--partition",
-                str(k),
-                "--state",
-                str(state_root / f"device{k}"),
-                "--quiet",
-            ],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for k in range(count)
-    ]
-    outputs = []
-    for proc in procs:
-        out, _ = proc.communicate(timeout=240)
-        outputs.append(out)
-        assert proc.returncode == 0, out
-    return outputs
 
 
 def wait_for_evaluations(server, count, timeout=60):
@@ -76,7 +46,7 @@ def final_model(state, version):
 def test_deployment_reaches_the_simulated_model(federation, tmp_path, strategy):
     data = experiment(name=f"deploy-{strategy['name']}", rounds=3, strategy=strategy)
     server = federation(data)
-    run_clients(server, server.config, tmp_path)
+    wait_for_clients(start_clients(server, tmp_path))
 
     status = wait_for_evaluations(server, 3)
     assert status["finished"] and status["model_version"] == 3

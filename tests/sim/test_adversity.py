@@ -104,7 +104,9 @@ def test_multi_krum_needs_m(digits):
 
 def test_krum_needs_a_large_enough_cohort(digits):
     krum = {"name": "fedavg", "aggregator": {"name": "krum", "f": 1}}
-    with pytest.raises(ConfigError, match=r"krum with f=1 needs more than 4 client updates per round"):
+    with pytest.raises(
+        ConfigError, match=r"krum with f=1 needs more than 4 client updates per round"
+    ):
         prepare(digits(strategy=krum))
 
 
