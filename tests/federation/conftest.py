@@ -198,34 +198,24 @@ def round_records(state: Path) -> dict[int, dict]:
         db.close()
 
 
-def start_clients(server, state_root: Path, *args: str, count: int = 3) -> list:
-    """``fedge client`` processes on partitions 0..count-1 of the server's experiment."""
+def start_clients(server, state_root: Path, *args: str, count: int = 3, files=None) -> list:
+    """``fedge client`` processes on partitions 0..count-1 of the server's experiment;
+    ``files`` maps a partition to an ``.npz`` the device reads instead (``--data``)."""
     env = {**os.environ, "FEDGE_ENROLLMENT_SECRET": SECRET}
-    return [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "fedge",
-                "client",
-                "--server",
-                server.url,
-                "--config",
-                str(server.config),
-                "--partition",
-                str(k),
-                "--state",
-                str(state_root / f"d{k}"),
-                "--quiet",
-                *args,
-            ],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
+    procs = []
+    for k in range(count):
+        if files and k in files:
+            data = ["--data", str(files[k]), "--rng-id", str(k)]
+        else:
+            data = ["--config", str(server.config), "--partition", str(k)]
+        command = [sys.executable, "-m", "fedge", "client", "--server", server.url, *data]
+        command += ["--state", str(state_root / f"d{k}"), "--quiet", *args]
+        procs.append(
+            subprocess.Popen(
+                command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            )
         )
-        for k in range(count)
-    ]
+    return procs
 
 
 def wait_for_clients(clients: list, timeout: float = 240) -> None:

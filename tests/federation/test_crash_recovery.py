@@ -4,6 +4,7 @@ accepted update counted exactly once, and the final model is the uninterrupted o
 import json
 
 import httpx
+import pytest
 import torch
 from conftest import experiment, finish, make_devices, records, round_records
 
@@ -40,8 +41,15 @@ def restart(server):
     server.start(port=port)
 
 
-def test_sigkill_mid_round_loses_and_doubles_nothing(federation, tmp_path):
-    data = experiment(name="crash", rounds=2)
+@pytest.mark.parametrize(
+    "strategy",
+    [{"name": "fedavg"}, {"name": "fedadam", "server_lr": 0.05}, {"name": "scaffold"}],
+    ids=["fedavg", "fedadam", "scaffold"],
+)
+def test_sigkill_mid_round_loses_and_doubles_nothing(federation, tmp_path, strategy):
+    """Also for strategies with server state (FedAdam's moments, SCAFFOLD's c) and device
+    state (SCAFFOLD's c_i), which must survive the restarts as the model does."""
+    data = experiment(name=f"crash-{strategy['name']}", rounds=2, strategy=strategy)
     config = parse_config(data)
     server = federation(data)
     d0, d1, d2 = fleet = make_devices(server, tmp_path, config)
@@ -77,11 +85,15 @@ def test_sigkill_mid_round_loses_and_doubles_nothing(federation, tmp_path):
     ]
     assert sorted(round_records(server.state)[2]["devices"]) == by_round[2]
 
-    _, params, _ = decode_model(
-        (server.state / "tensors" / "versions" / "2" / "model.safetensors").read_bytes()
-    )
-    uninterrupted = run(prepare(config)).state.params
-    for name, value in uninterrupted.items():
+    versions = server.state / "tensors" / "versions" / "2"
+    _, params, _ = decode_model((versions / "model.safetensors").read_bytes())
+    _, _, server_state = decode_model((versions / "server.safetensors").read_bytes())
+    uninterrupted = run(prepare(config)).state
+    for name, value in uninterrupted.params.items():
         torch.testing.assert_close(params[name], value, rtol=0, atol=1e-5)
+    assert server_state.keys() == uninterrupted.extras.keys()
+    for group, values in uninterrupted.extras.items():
+        for name, value in values.items():
+            torch.testing.assert_close(server_state[group][name], value, rtol=0, atol=1e-5)
     for device in fleet:
         device.close()

@@ -4,6 +4,7 @@ global model of the sequential simulation of the same config."""
 import time
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 from conftest import (
@@ -46,7 +47,12 @@ def final_model(state, version):
 def test_deployment_reaches_the_simulated_model(federation, tmp_path, strategy):
     data = experiment(name=f"deploy-{strategy['name']}", rounds=3, strategy=strategy)
     server = federation(data)
-    wait_for_clients(start_clients(server, tmp_path))
+    # Device 2 trains on its own file (--data), the others on a named partition.
+    fed = prepare(parse_config(data))
+    x, y = fed.clients.client(2)
+    own = tmp_path / "device2.npz"
+    np.savez(own, x=x.numpy(), y=y.numpy())
+    wait_for_clients(start_clients(server, tmp_path, files={2: own}))
 
     status = wait_for_evaluations(server, 3)
     assert status["finished"] and status["model_version"] == 3
