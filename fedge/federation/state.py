@@ -18,8 +18,10 @@ transaction that names their version commits. A 2xx answer is sent after the com
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -90,6 +92,7 @@ class FederationState:
         self.root = Path(root)
         try:
             self.root.mkdir(parents=True, exist_ok=True)
+            self._lock = self._hold_lock()
             self.db = sqlite3.connect(
                 self.root / "state.db", isolation_level=None, check_same_thread=False
             )
@@ -100,8 +103,27 @@ class FederationState:
             raise StorageError(f"cannot open the server state in {self.root}: {exc}") from None
         self.tensors = LocalStore(self.root / "tensors")
 
+    def _hold_lock(self) -> Any:
+        """One server per state folder: a second one would hand out the same rounds. The
+        kernel drops the lock when the process dies, even by SIGKILL."""
+        handle = (self.root / "server.lock").open("a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            owner = handle.read().strip() or "?"
+            handle.close()
+            raise StorageError(
+                f"the state folder {self.root} is in use by another fedge server (pid {owner})"
+            ) from None
+        handle.truncate(0)
+        handle.write(str(os.getpid()))
+        handle.flush()
+        return handle
+
     def close(self) -> None:
         self.db.close()
+        self._lock.close()
 
     # --- transactions -------------------------------------------------------------------
 

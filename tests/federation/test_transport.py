@@ -85,3 +85,26 @@ def test_unsafe_or_broken_transport_is_refused(tmp_path, args, message):
     )
     assert result.returncode == 2, result.stderr
     assert message in result.stderr
+
+
+def test_a_second_server_on_the_same_state_is_refused(federation, tmp_path):
+    first = federation(experiment(name="single"))
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fedge",
+            "server",
+            str(first.config),
+            "--port",
+            "0",
+            "--state",
+            str(first.state),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert f"in use by another fedge server (pid {first.proc.pid})" in result.stderr
+    assert first.status()["round"]["number"] == 1  # the first one carries on
