@@ -19,7 +19,10 @@ from fedge.errors import ConfigError
 
 @friendly
 def server(
-    config: Annotated[Path, typer.Argument(help="Experiment file (TOML) with a [deploy] section.")],
+    config: Annotated[
+        Path,
+        typer.Argument(help="Experiment file (TOML); its deploy section configures the server."),
+    ],
     overrides: SetOption = None,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port (0: any free port, printed).")] = 8080,
