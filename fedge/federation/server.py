@@ -64,10 +64,26 @@ def local_training(config: ExperimentConfig) -> LocalTraining:
     return LocalTraining(**config.client.model_dump())
 
 
+#: Keys that may change between restarts of a federation: its ``[deploy]`` settings
+#: (deadlines, secrets), how many rounds to train (more, to go on after the end), and
+#: what only a simulation uses or only names the run.
+_MUTABLE_KEYS = {
+    "deploy",
+    "rounds",
+    "name",
+    "engine",
+    "threads",
+    "max_memory_mb",
+    "ray_address",
+    "ray_workers",
+    "eval",
+}
+
+
 def experiment_fingerprint(config: ExperimentConfig) -> str:
-    """SHA-256 of the config without its ``[deploy]`` section (which may change between
-    restarts: deadlines, secrets)."""
-    body = config.model_dump(mode="json", exclude={"deploy"})
+    """SHA-256 of what makes a federation's models what they are: the config without
+    :data:`_MUTABLE_KEYS`."""
+    body = config.model_dump(mode="json", exclude=_MUTABLE_KEYS)
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 

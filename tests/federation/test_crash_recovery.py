@@ -6,7 +6,7 @@ import json
 import httpx
 import pytest
 import torch
-from conftest import experiment, finish, make_devices, records, round_records
+from conftest import experiment, finish, make_devices, records, round_records, write_config
 
 from fedge.config import parse_config
 from fedge.federation.wire import decode_model
@@ -97,3 +97,28 @@ def test_sigkill_mid_round_loses_and_doubles_nothing(federation, tmp_path, strat
             torch.testing.assert_close(server_state[group][name], value, rtol=0, atol=1e-5)
     for device in fleet:
         device.close()
+
+
+def test_a_finished_federation_trains_on_when_given_more_rounds(federation, tmp_path):
+    data = experiment(name="extend", rounds=1)
+    server = federation(data)
+    fleet = make_devices(server, tmp_path, parse_config(data))
+    for device in fleet:
+        assert device.step()[0] == "trained"
+    assert finish(fleet[0]) == "finished"
+    port = server.port
+    server.stop()
+
+    data["rounds"] = 2
+    write_config(server.config, data)
+    server.start(port=port)
+    assert server.status()["round"]["number"] == 2
+    for device in fleet:
+        assert finish(device) == "trained"
+    assert finish(fleet[0]) == "finished" and server.status()["model_version"] == 2
+
+    data["model"]["hidden"] = [8]  # another model: not the same federation
+    write_config(server.config, data)
+    server.stop()
+    with pytest.raises(RuntimeError, match="belongs to another experiment"):
+        server.start()
