@@ -152,8 +152,8 @@ class FederationState:
                 self.db.execute("INSERT INTO meta VALUES ('experiment', ?)", (fingerprint,))
         elif row[0] != fingerprint:
             raise ConfigError(
-                f"the state folder {self.root} belongs to another experiment (its config "
-                "differs outside [deploy]): give a new --state folder"
+                f"the state folder {self.root} belongs to another experiment (its data, "
+                "partition, model, training or strategy differ): give a new --state folder"
             )
 
     # --- devices ------------------------------------------------------------------------
