@@ -366,6 +366,43 @@ class DeployConfig(_Section):
     max_poll_seconds: PositiveFloat = 60.0
 
 
+class PrivacyConfig(_Section):
+    """User-level differential privacy, DP-FedAvg with the server adding the noise
+    (:mod:`fedge.privacy`, ``docs/privacy.md``).
+
+    Every client delta is clipped to L2 norm ``clip_norm`` S, the clipped deltas are summed
+    with equal weights, Gaussian noise of std z·S is added and the sum is divided by the
+    cohort size. Give ``noise_multiplier`` z, ``target_epsilon``, or both: with only the
+    target, z is calibrated so that all ``rounds`` fit in it; with both, training stops at
+    the last round whose ε fits. ``delta`` defaults to min(1e-5, N^-1.1), which stays below
+    1/N for any number of clients N. ``adaptive_clipping`` moves the norm towards the
+    ``target_quantile`` γ (0.5) of the update norms with step ``clip_lr`` η (0.2),
+    starting at ``clip_norm`` (0.1), with noise of std ``count_noise`` σ_b (cohort/20)
+    on the count of unclipped updates (Andrew et al. 2021)."""
+
+    dp: Literal["central"] = "central"
+    clip_norm: PositiveFloat | None = None
+    adaptive_clipping: bool = False
+    target_quantile: float | None = Field(None, gt=0, lt=1)
+    clip_lr: PositiveFloat | None = None
+    count_noise: PositiveFloat | None = None
+    noise_multiplier: PositiveFloat | None = None
+    target_epsilon: PositiveFloat | None = None
+    delta: float | None = Field(None, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _complete(self) -> PrivacyConfig:
+        if self.noise_multiplier is None and self.target_epsilon is None:
+            raise ValueError("give privacy.noise_multiplier, privacy.target_epsilon or both")
+        if not self.adaptive_clipping:
+            if self.clip_norm is None:
+                raise ValueError("fixed clipping needs privacy.clip_norm")
+            for key in ("target_quantile", "clip_lr", "count_noise"):
+                if getattr(self, key) is not None:
+                    raise ValueError(f"privacy.{key} needs adaptive_clipping = true")
+        return self
+
+
 class ExperimentConfig(_Section):
     """A whole federated simulation.
 
@@ -394,6 +431,7 @@ class ExperimentConfig(_Section):
     attack: AttackConfig | None = None
     system: SystemConfig = SystemConfig()
     deploy: DeployConfig = DeployConfig()
+    privacy: PrivacyConfig | None = None
 
 
 # --- loading ----------------------------------------------------------------------------

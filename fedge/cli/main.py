@@ -44,6 +44,8 @@ app.command("server")(server)
 app.command("client")(client)
 data_app.command("upload")(data_upload)
 data_app.command("versions")(data_versions)
+privacy_app = typer.Typer(help="Differential privacy budgets.", no_args_is_help=True)
+app.add_typer(privacy_app, name="privacy")
 
 
 class _RichObserver:
@@ -136,14 +138,29 @@ def simulate(
         f"{cfg.rounds} rounds, {fed.strategy.name}, model {fed.spec.name}, "
         f"engine {cfg.engine}"
     )
+    if fed.privacy is not None:
+        p = fed.privacy
+        how = f"calibrated for ε = {p.target_epsilon:g}" if p.calibrated else "given"
+        clip = "adaptive clipping" if p.adaptive else f"clipping norm {p.clip_norm:g}"
+        console.print(
+            f"DP-FedAvg: noise multiplier {p.noise_multiplier:.4g} ({how}), {clip}, "
+            f"δ = {p.ledger.delta:.3g}",
+            soft_wrap=True,
+        )
+        if p.budget_stop:
+            console.print(f"privacy budget: {p.budget_stop}", soft_wrap=True)
     with _progress() as progress:
-        observer = None if quiet else _RichObserver(progress, cfg.rounds)
+        observer = None if quiet else _RichObserver(progress, fed.rounds)
         summary, path = run_to_folder(fed, out, observer=observer, overwrite=force)
     console.print(
         f"test accuracy [bold]{100 * summary['final_test_accuracy']:.2f}%[/] after "
-        f"{cfg.rounds} rounds ({summary['seconds']:.1f} s); results in {path}/ "
+        f"{summary['rounds']} rounds ({summary['seconds']:.1f} s); results in {path}/ "
         f"(plot: {path / 'curves.png'})"
     )
+    if "privacy" in summary:
+        console.print(f"privacy: {summary['privacy']['guarantee']}", soft_wrap=True)
+        if summary["privacy"]["budget_stop"]:
+            console.print(f"stopped early: {summary['privacy']['budget_stop']}", soft_wrap=True)
 
 
 @data_app.command("describe")
@@ -199,6 +216,30 @@ def download(
     kwargs = {} if base_url is None else {"base_url": base_url}
     path = download_fashion_mnist(dest, progress=sys.stderr.isatty(), **kwargs)
     console.print(f"Fashion-MNIST is in {path} (use --set data.data_dir={path})")
+
+
+@privacy_app.command("plan")
+@friendly
+def privacy_plan(
+    clients: Annotated[int, typer.Option(help="N, clients in the federation.")],
+    per_round: Annotated[int, typer.Option(help="m, clients sampled per round.")],
+    rounds: Annotated[int, typer.Option(help="T, rounds to train.")],
+    epsilon: Annotated[float, typer.Option(help="ε to reach after T rounds.")],
+    delta: Annotated[
+        float | None, typer.Option(help="δ (default min(1e-5, N^-1.1)).", show_default=False)
+    ] = None,
+) -> None:
+    """Print the noise multiplier DP-FedAvg needs for (ε, δ) after T rounds, and the noise
+    it puts on the averaged update, before anyone trains.
+
+    Example: fedge privacy plan --clients 1000 --per-round 100 --rounds 100 --epsilon 8
+    """
+    from fedge.privacy.ledger import default_delta
+    from fedge.privacy.plan import plan_report
+
+    resolved = delta if delta is not None else default_delta(max(clients, 1))
+    for line in plan_report(clients, per_round, rounds, epsilon, resolved):
+        console.print(line, soft_wrap=True, markup=False)
 
 
 def main() -> None:  # pragma: no cover - console entry

@@ -135,6 +135,12 @@ class FederationServer:
                 "the server needs an enrollment secret of at least 8 characters: "
                 "deploy.enrollment_secret or $FEDGE_ENROLLMENT_SECRET"
             )
+        if config.privacy is not None:
+            raise ConfigError(
+                "[privacy] is not built into the deployment server yet (DP-FedAvg runs in "
+                "`fedge simulate`; on a fleet, who takes part depends on who checks in, "
+                "which its privacy accounting must model): remove [privacy] to deploy"
+            )
         self.num_devices = _num_devices(config)
         self.local = local_training(config)
         self.strategy = make_strategy(

@@ -28,6 +28,7 @@ from fedge.fl.sampling import clients_per_round, sample_clients
 from fedge.fl.strategy import Strategy
 from fedge.fl.types import ClientTask, ClientUpdate, Params, ServerState
 from fedge.models.spec import ModelSpec, build_model, count_parameters, fast_layout
+from fedge.privacy.plan import PrivacyPlan, plan_privacy
 from fedge.sim.adversity import (
     attack_update,
     flip_labels,
@@ -75,6 +76,12 @@ class Federation:
     cohort: int
     malicious: frozenset[int] = frozenset()
     straggler_policy: str = "drop"
+    privacy: PrivacyPlan | None = None
+
+    @property
+    def rounds(self) -> int:
+        """Rounds to train: the config's, or fewer when the privacy budget stops earlier."""
+        return self.privacy.rounds if self.privacy is not None else self.config.rounds
 
 
 def prepare(config: ExperimentConfig) -> Federation:
@@ -108,6 +115,15 @@ def prepare(config: ExperimentConfig) -> Federation:
             y = flip_labels(y, rows, data.num_classes)
     strategy = make_strategy(config.strategy, num_clients=len(partition), local=local)
     check_cohort(config.strategy, cohort)
+    privacy = None
+    if config.privacy is not None:
+        privacy = plan_privacy(
+            config.privacy,
+            num_clients=len(partition),
+            clients_per_round=cohort,
+            rounds=config.rounds,
+        )
+        strategy = privacy.wrap(strategy, seed=config.seed)
     policy = config.system.policy
     if policy == "auto":
         policy = "partial" if strategy.accepts_partial_work else "drop"
@@ -122,6 +138,7 @@ def prepare(config: ExperimentConfig) -> Federation:
         cohort=cohort,
         malicious=malicious,
         straggler_policy=policy,
+        privacy=privacy,
     )
 
 
@@ -236,14 +253,14 @@ def _run_rounds(
         fed.strategy,
         fed.strategy.init(dict(model.named_parameters())),
         RoundPolicy(target=fed.cohort),
-        rounds=cfg.rounds,
+        rounds=fed.rounds,
     )
     fast_layout(model)  # from here on the evaluation work area
     test = fed.data.test
     result = RunResult(state=rounds.state, num_parameters=count_parameters(model))
     client_states: dict[int, Mapping[str, Params]] = {}
     start = time.perf_counter()
-    for r in range(1, cfg.rounds + 1):
+    for r in range(1, fed.rounds + 1):
         t0 = time.perf_counter()
         clients = sample_clients(fed.clients.num_clients, fed.cohort, seed=cfg.seed, round=r)
         budgets = _stragglers(fed, clients, r)
@@ -261,6 +278,7 @@ def _run_rounds(
             fed.strategy, task, clients, states=client_states, max_steps=budgets
         )
         tally = RoundTally()
+        before = rounds.state
         state = rounds.close(_collect(fed, trained, task, client_states, observer), tally)
         train_seconds = time.perf_counter() - t0
         metrics: dict[str, Any] = {
@@ -276,7 +294,11 @@ def _run_rounds(
             "clients_per_second": tally.clients / train_seconds,
             "samples_per_second": tally.examples / train_seconds,
         }
-        if r % cfg.eval.every == 0 or r == cfg.rounds:
+        if fed.privacy is not None:
+            metrics["epsilon"] = fed.privacy.epsilon(r)
+            if fed.privacy.adaptive is not None:
+                metrics["clip_norm"] = float(before.extras["dp"]["clip_norm"])  # this round's
+        if r % cfg.eval.every == 0 or r == fed.rounds:
             loss, acc = evaluate(
                 model, test.x, test.y, params=state.params, batch_size=cfg.eval.batch_size
             )
@@ -321,15 +343,17 @@ def run_to_folder(
         "num_parameters": result.num_parameters,
         "num_clients": fed.clients.num_clients,
         "clients_per_round": fed.cohort,
-        "rounds": cfg.rounds,
+        "rounds": fed.rounds,
         "seed": cfg.seed,
         "final_test_accuracy": last["test_accuracy"],
         "final_test_loss": last["test_loss"],
         "best_test_accuracy": best["test_accuracy"],
         "best_round": best["round"],
         "seconds": result.seconds,
-        "seconds_per_round": result.seconds / cfg.rounds,
+        "seconds_per_round": result.seconds / fed.rounds,
         "peak_memory_mb": peak_memory_mb(),
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
+    if fed.privacy is not None:
+        summary["privacy"] = fed.privacy.summary(fed.rounds)
     return summary, folder.finish(summary, result.history, result.state.params, fed.spec)

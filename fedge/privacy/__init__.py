@@ -1,0 +1,37 @@
+"""Differential privacy for federated training: DP-FedAvg and its privacy ledger.
+
+* :mod:`fedge.privacy.dpfedavg` — clipping, uniform sum and Gaussian noise on the server
+  (McMahan et al., ICLR 2018), as a wrapper around any sum-based strategy.
+* :mod:`fedge.privacy.clipping` — adaptive clipping to a quantile (Andrew et al., NeurIPS
+  2021).
+* :mod:`fedge.privacy.ledger` — ε per round from Google's ``dp-accounting`` (RDP).
+* :mod:`fedge.privacy.plan` — an experiment's ``[privacy]`` section, resolved.
+
+What the guarantee covers, and what it does not: ``docs/privacy.md``.
+"""
+
+from fedge.privacy.clipping import AdaptiveClipping, sum_noise_multiplier
+from fedge.privacy.dpfedavg import ClipTally, DPFedAvg, GaussianSum, noise_generator
+from fedge.privacy.ledger import (
+    PrivacyLedger,
+    calibrate_noise_multiplier,
+    default_delta,
+    round_event,
+)
+from fedge.privacy.plan import PrivacyPlan, plan_privacy, plan_report
+
+__all__ = [
+    "AdaptiveClipping",
+    "ClipTally",
+    "DPFedAvg",
+    "GaussianSum",
+    "PrivacyLedger",
+    "PrivacyPlan",
+    "calibrate_noise_multiplier",
+    "default_delta",
+    "noise_generator",
+    "plan_privacy",
+    "plan_report",
+    "round_event",
+    "sum_noise_multiplier",
+]

@@ -1,0 +1,29 @@
+"""``fedge privacy plan``: the noise multiplier for a budget, before anyone trains."""
+
+import re
+
+from typer.testing import CliRunner
+
+from fedge.cli.main import app
+from fedge.privacy import PrivacyLedger
+
+runner = CliRunner()
+
+
+def test_plan_prints_the_noise_multiplier_that_reaches_the_budget():
+    args = ["--clients", "1000", "--per-round", "100", "--rounds", "100", "--epsilon", "8"]
+    result = runner.invoke(app, ["privacy", "plan", *args, "--delta", "1e-5"])
+    assert result.exit_code == 0, result.output
+    z = float(re.search(r"noise multiplier z = ([0-9.]+)", result.output).group(1))
+    ledger = PrivacyLedger(1000, 100, z, 1e-5)
+    assert ledger.epsilon(100) <= 8.0 + 1e-3
+    assert PrivacyLedger(1000, 100, z - 0.01, 1e-5).epsilon(100) > 8.0
+    ratio = float(re.search(r"z/m = ([0-9.]+)", result.output).group(1))
+    assert ratio == z / 100 or abs(ratio - z / 100) < 1e-4
+
+
+def test_plan_refuses_more_clients_per_round_than_clients():
+    args = ["--clients", "10", "--per-round", "20", "--rounds", "5", "--epsilon", "1"]
+    result = runner.invoke(app, ["privacy", "plan", *args])
+    assert result.exit_code == 2
+    assert result.output.startswith("error: ") and "clients per round" in result.output
