@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from fedge.config import AttackConfig
+from fedge.data.load import load_data
 from fedge.errors import ConfigError
 from fedge.fl.types import ClientTask, ClientUpdate
 from fedge.sim.adversity import (
@@ -45,13 +46,35 @@ def test_update_attacks_by_hand(kind, scale, expected):
     assert out.num_samples == HONEST.num_samples
 
 
-def test_gaussian_attack_is_noise_around_the_global_model_and_seeded():
+def test_gaussian_attack_is_seeded():
     attack = AttackConfig(kind="gaussian", std=0.5)
     a = attack_update(HONEST, TASK, attack, seed=0).params["w"]
     b = attack_update(HONEST, TASK, attack, seed=0).params["w"]
     c = attack_update(HONEST, TASK, attack, seed=1).params["w"]
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert not torch.equal(a, HONEST.params["w"])
+
+
+def test_gaussian_attack_is_centred_on_the_global_model_with_the_configured_std():
+    n, std = 40_000, 0.5
+    x = {"a": torch.full((n,), 1.0), "b": torch.full((n // 2, 2), -3.0)}
+    # the honest update moved far (Δ = +2) so noise around it, not around x, is caught
+    honest = ClientUpdate(7, {k: v + 2.0 for k, v in x.items()}, num_samples=5, num_steps=2)
+    out = attack_update(
+        honest, ClientTask(round=4, params=x), AttackConfig(kind="gaussian", std=std), seed=0
+    )
+    noise = {k: (out.params[k] - x[k]).double().reshape(-1) for k in x}
+    # Bounds at 5 standard errors of each estimate over n = 40,000 draws: the sample mean
+    # has s.e. σ/√n = 0.0025, the sample std σ/√(2n) ≈ 0.0018, a correlation 1/√n = 0.005.
+    # A correct sampler leaves them with probability ~1e-6 (the seed is fixed anyway); a
+    # wrong centre (x + Δ), scale (std² = 0.25, 2·std) or noise reused across tensors
+    # lands at least 40 standard errors away.
+    for k, e in noise.items():
+        assert abs(float(e.mean())) < 5 * std / n**0.5, k
+        assert abs(float(e.std()) - std) < 5 * std / (2 * n) ** 0.5, k
+    corr = float(torch.corrcoef(torch.stack([noise["a"], noise["b"]]))[0, 1])
+    assert abs(corr) < 5 / n**0.5
+    assert all(out.params[k].shape == x[k].shape and out.params[k].dtype == x[k].dtype for k in x)
 
 
 def test_straggler_budgets():
@@ -129,9 +152,12 @@ def test_median_withstands_a_scaling_attack_that_breaks_the_mean(digits):
 
 
 def test_label_flipping_poisons_only_the_attackers_training_labels(digits):
-    fed = prepare(digits(attack={"kind": "label_flip", "fraction": 0.25}))
+    config = digits(attack={"kind": "label_flip", "fraction": 0.25})
+    # an independent copy of the labels, taken before prepare() could touch anything
+    clean = load_data(config.data, seed=config.seed)
+    y_true, y_test = clean.train.y.clone(), clean.test.y.clone()
+    fed = prepare(config)
     assert len(fed.malicious) == 2
-    y_true = fed.data.train.y
     for k in range(8):
         rows = fed.clients.indices[k]
         flipped = fed.clients.y[rows] != y_true[rows]
@@ -139,4 +165,5 @@ def test_label_flipping_poisons_only_the_attackers_training_labels(digits):
             assert torch.equal(fed.clients.y[rows], 9 - y_true[rows])
         else:
             assert not flipped.any()
-    assert torch.equal(fed.data.test.y, fed.data.test.y)  # test set untouched
+    assert torch.equal(fed.data.train.y, y_true)  # the pooled training labels stay clean
+    assert torch.equal(fed.data.test.y, y_test)  # and so does the test set
