@@ -10,6 +10,8 @@
 ``GET /v1/status``                          rounds, devices, history (JSON)
 ``GET /v1/events``                          the same as server-sent events, on change
 ``GET /``                                   the dashboard
+``GET /client``                             the browser client (TensorFlow.js), and its
+                                            scripts at ``GET /client/{name}``
 ``GET /v1/health``                          liveness
 ==========================================  ================================================
 
@@ -29,6 +31,7 @@ import ipaddress
 import json
 import logging
 import os
+import pathlib
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from importlib import resources
 from typing import Annotated, Any
@@ -59,6 +62,15 @@ log = logging.getLogger("fedge.server")
 _JSON_LIMIT = 64 << 10
 _NUMBER = r"^[0-9]{1,9}$"
 _MAX_HOLD = 30.0
+#: The browser client's files: its page and ES modules in ``web/`` of the source tree (or
+#: ``$FEDGE_WEB_DIR``), TensorFlow.js from ``web/node_modules`` (``npm ci --prefix web``).
+_SCRIPT = r"^[a-z][a-z_.]{0,40}\.js$"
+_TFJS = "tf.fesm.min.js"
+_TFJS_PATH = ("node_modules", "@tensorflow", "tfjs", "dist", _TFJS)
+_CLIENT_CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "connect-src 'self' data:; img-src 'self' data:; object-src 'none'; base-uri 'none'"
+)
 
 Scope = MutableMapping[str, Any]
 ASGIApp = Callable[[Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]], Any]
@@ -307,11 +319,77 @@ def create_app(server: FederationServer) -> FastAPI:
         """The dashboard (live, from /v1/events)."""
         return HTMLResponse(page)
 
+    @app.get(
+        "/client",
+        response_class=HTMLResponse,
+        tags=["browser client"],
+        responses={503: {"model": ErrorBody, "description": "the browser client is not installed"}},
+    )
+    def browser_client(request: Request) -> Response:
+        """The browser client: a page that enrolls, trains with TensorFlow.js on the
+        device's own examples and uploads its updates (see ``web/``)."""
+        return _web_file(request, "client.html", "text/html; charset=utf-8")
+
+    @app.get(
+        "/client/{name}",
+        tags=["browser client"],
+        response_class=Response,
+        responses={
+            200: {"content": {"text/javascript": {}}, "description": "an ES module"},
+            304: {"description": "unchanged (If-None-Match)"},
+            404: {"model": ErrorBody, "description": "no such script"},
+            503: {"model": ErrorBody, "description": "the browser client is not installed"},
+        },
+    )
+    def browser_client_script(
+        request: Request, name: Annotated[str, Path(pattern=_SCRIPT)]
+    ) -> Response:
+        """The browser client's ES modules, and TensorFlow.js as ``tf.fesm.min.js``."""
+        path = pathlib.Path(*_TFJS_PATH) if name == _TFJS else pathlib.Path("src", name)
+        return _web_file(request, str(path), "text/javascript; charset=utf-8")
+
     def limit_for(path: str) -> int:
         return server.max_upload_bytes if path.startswith("/v1/rounds/") else _JSON_LIMIT
 
     app.add_middleware(BodyLimit, limit_for=limit_for)
     return app
+
+
+def _web_dir() -> pathlib.Path:
+    """The browser client's folder: ``$FEDGE_WEB_DIR``, else ``web/`` beside the package
+    in a source checkout (an editable install)."""
+    configured = os.environ.get("FEDGE_WEB_DIR")
+    if configured:
+        return pathlib.Path(configured)
+    return pathlib.Path(__file__).resolve().parents[2] / "web"
+
+
+def _web_file(request: Request, relative: str, media_type: str) -> Response:
+    """A file of the browser client, revalidated by ETag on every load (``no-cache``);
+    503 if the client or TensorFlow.js is not installed, 404 for an unknown script."""
+    root = _web_dir()
+    if not (root / "client.html").is_file() or not root.joinpath(*_TFJS_PATH).is_file():
+        log.warning("no browser client in %s: run `npm ci --prefix web`", root)
+        return _error(
+            503,
+            "the browser client is not installed on this server: run `npm ci --prefix web` "
+            "in fedge's source folder (or point $FEDGE_WEB_DIR at a web folder where it ran)",
+        )
+    path = root / relative
+    if not path.is_file():
+        return _error(404, f"no browser client file {pathlib.PurePath(relative).name}")
+    stat = path.stat()
+    etag = hashlib.sha256(f"{relative}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:32]
+    headers = {
+        "ETag": f'"{etag}"',
+        "Cache-Control": "no-cache",
+        "X-Content-Type-Options": "nosniff",
+    }
+    if relative == "client.html":
+        headers["Content-Security-Policy"] = _CLIENT_CSP
+    if etag_matches(request.headers.get("if-none-match"), etag):
+        return Response(status_code=304, headers=headers)
+    return Response(path.read_bytes(), media_type=media_type, headers=headers)
 
 
 def _is_loopback(host: str) -> bool:

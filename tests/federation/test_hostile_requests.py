@@ -10,7 +10,7 @@ import struct
 import httpx
 import pytest
 import torch
-from conftest import SECRET, experiment, records
+from conftest import SECRET, ServerProcess, experiment, records, write_config
 from safetensors.torch import save as st_save
 
 from fedge.federation.wire import decode_model, encode_update
@@ -19,8 +19,6 @@ from fedge.fl.types import ClientUpdate
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from conftest import ServerProcess, write_config
-
     root = tmp_path_factory.mktemp("hostile")
     data = experiment(name="hostile", rounds=2, strategy={"name": "scaffold"}, max_samples=5000)
     proc = ServerProcess(write_config(root / "c.toml", data), root / "state", root / "log")
@@ -339,6 +337,8 @@ def test_every_route_is_in_the_openapi_document(server):
         ("/v1/events", "get"),
         ("/v1/health", "get"),
         ("/", "get"),
+        ("/client", "get"),
+        ("/client/{name}", "get"),
     }
     listed = {(path, method) for path, methods in paths.items() for method in methods}
     assert listed == expected
