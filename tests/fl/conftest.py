@@ -105,6 +105,30 @@ def run_client(
     )
 
 
+def run_cohort(strategy, task: ClientTask, data, local: LocalTraining, cohort, round, budgets=None):
+    """:func:`run_client` for each client of ``cohort`` in ``round`` (client k seeded with
+    100·round + k; ``budgets`` maps (round, k) to a straggler's step budget)."""
+    budgets = budgets or {}
+    return [
+        run_client(
+            strategy,
+            task,
+            *data[k],
+            local,
+            seed=100 * round + k,
+            client_id=k,
+            max_steps=budgets.get((round, k)),
+        )
+        for k in cohort
+    ]
+
+
+@pytest.fixture
+def fedge_cohort():
+    """:func:`run_cohort`: one round of fedge's local training over a cohort."""
+    return run_cohort
+
+
 @pytest.fixture
 def fedge_client():
     """fedge's ``train_client`` on a linear model with a generator seeded by ``seed``."""

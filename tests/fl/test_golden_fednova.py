@@ -44,7 +44,7 @@ BUDGETS = {(1, 1): 5, (2, 3): 1}
 
 
 def test_two_rounds_with_stragglers_and_momentum_match_the_reference(
-    linear_clients, reference, fedge_client
+    linear_clients, reference, fedge_cohort
 ):
     data, x = linear_clients
     strategy = FedNova(momentum=RHO)
@@ -52,18 +52,7 @@ def test_two_rounds_with_stragglers_and_momentum_match_the_reference(
     steps = []
     for r, cohort in enumerate(COHORTS, start=1):
         task = strategy.client_task(state)
-        updates = [
-            fedge_client(
-                strategy,
-                task,
-                *data[k],
-                LOCAL,
-                seed=100 * r + k,
-                client_id=k,
-                max_steps=BUDGETS.get((r, k)),
-            )
-            for k in cohort
-        ]
+        updates = fedge_cohort(strategy, task, data, LOCAL, cohort, r, BUDGETS)
         state = strategy.aggregate(state, iter(updates))
 
         trained = [

@@ -52,24 +52,13 @@ LOCAL = LocalTraining(epochs=2, batch_size=3, lr=0.3, momentum=0.5)
 BUDGETS = {(2, 1): 3}  # client 1 is a straggler in round 2: 3 of its 6 steps
 
 
-def test_two_rounds_with_a_straggler_match_the_reference(linear_clients, reference, fedge_client):
+def test_two_rounds_with_a_straggler_match_the_reference(linear_clients, reference, fedge_cohort):
     data, x = linear_clients
     strategy = FedProx(mu=MU)
     state = strategy.init({k: torch.tensor(v, dtype=torch.float32) for k, v in x.items()})
     for r, cohort in enumerate(COHORTS, start=1):
         task = strategy.client_task(state)
-        updates = [
-            fedge_client(
-                strategy,
-                task,
-                *data[k],
-                LOCAL,
-                seed=100 * r + k,
-                client_id=k,
-                max_steps=BUDGETS.get((r, k)),
-            )
-            for k in cohort
-        ]
+        updates = fedge_cohort(strategy, task, data, LOCAL, cohort, r, BUDGETS)
         state = strategy.aggregate(state, iter(updates))
 
         def prox(w, x=x):
