@@ -72,18 +72,16 @@ import asyncio
 import contextlib
 import json
 import os
-import shutil
 import signal
 import socket
 import sqlite3
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,6 +89,7 @@ from typing import Any
 import httpx
 import tomli_w
 import torch
+from peers.flower_deploy import scratch
 
 from fedge.federation.wire import decode_model, encode_update
 from fedge.fl.types import ClientUpdate, Params
@@ -899,18 +898,6 @@ def print_real(fedge: dict[str, Any], flower: dict[str, Any] | None) -> dict[str
 # --- main --------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def scratch(workdir: Path | None) -> Iterator[Path]:
-    """``workdir`` (kept), or a temporary folder removed unless the run fails."""
-    if workdir is not None:
-        workdir.mkdir(parents=True, exist_ok=True)
-        yield workdir.resolve()
-        return
-    path = Path(tempfile.mkdtemp(prefix="fedge-load-"))
-    yield path  # an exception skips the removal: the logs stay for a look
-    shutil.rmtree(path, ignore_errors=True)
-
-
 def on_sigterm(signum: int, frame: object) -> None:
     """SIGTERM unwinds like Ctrl-C, so that every process started here is stopped."""
     sys.exit(128 + signum)
@@ -954,7 +941,7 @@ def main() -> None:
         "python": sys.version.split()[0],
     }
     failed = False
-    with scratch(args.workdir) as workdir:
+    with scratch(args.workdir, prefix="fedge-load-") as workdir:
         say(f"scratch and logs: {workdir}")
         try:
             if args.devices:

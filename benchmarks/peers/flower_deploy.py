@@ -651,13 +651,14 @@ def parse_args() -> argparse.Namespace:
 
 
 @contextlib.contextmanager
-def scratch(workdir: Path | None) -> Iterator[Path]:
-    """``workdir`` (kept), or a temporary folder removed unless the run fails."""
+def scratch(workdir: Path | None, prefix: str = "fedge-flower-deploy-") -> Iterator[Path]:
+    """``workdir`` (kept), or a temporary folder removed unless the run fails (also used
+    by ``benchmarks/load.py``)."""
     if workdir is not None:
         workdir.mkdir(parents=True, exist_ok=True)
         yield workdir.resolve()
         return
-    path = Path(tempfile.mkdtemp(prefix="fedge-flower-deploy-"))
+    path = Path(tempfile.mkdtemp(prefix=prefix))
     yield path  # an exception skips the removal: the logs stay for a look
     shutil.rmtree(path, ignore_errors=True)
 
