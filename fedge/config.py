@@ -366,21 +366,51 @@ class DeployConfig(_Section):
     max_poll_seconds: PositiveFloat = 60.0
 
 
+class SecureAggregationConfig(_Section):
+    """SecAgg+ (:mod:`fedge.privacy.secagg`): the server sees only the sum of each round's
+    updates. The graph degree k and the Shamir threshold t follow from the cohort size,
+    the tolerated ``dropout`` fraction and the fraction ``corrupt`` of clients that may
+    collude with a ``adversary`` server (2^-40 security, 2^-20 failure); ``degree`` and
+    ``threshold`` override them. Summands are clipped to [-``clip_range``, ``clip_range``]
+    per coordinate (clipped values are counted and reported, never silently) and
+    quantized modulo 2^``modulus_bits``. ``weighting = "samples"`` weighs a client by
+    min(n_k, ``max_weight``)/``max_weight`` (default in simulation: the largest client);
+    ``"uniform"`` weighs all clients alike. In simulation, ``simulated_dropout`` of each
+    cohort vanishes after sharing keys."""
+
+    dropout: float = Field(0.3, ge=0, lt=1)
+    corrupt: float = Field(0.05, ge=0, lt=1)
+    adversary: Literal["curious", "semi-malicious"] = "curious"
+    modulus_bits: int = Field(32, ge=16, le=64)
+    clip_range: PositiveFloat = 1.0
+    weighting: Literal["samples", "uniform"] = "samples"
+    max_weight: PositiveInt | None = None
+    degree: PositiveInt | None = None
+    threshold: int | None = Field(None, ge=2)
+    simulated_dropout: float = Field(0.0, ge=0, lt=1)
+
+
 class PrivacyConfig(_Section):
-    """User-level differential privacy, DP-FedAvg with the server adding the noise
-    (:mod:`fedge.privacy`, ``docs/privacy.md``).
+    """Privacy (:mod:`fedge.privacy`, ``docs/privacy.md``): user-level differential privacy
+    and secure aggregation, each optional.
 
-    Every client delta is clipped to L2 norm ``clip_norm`` S, the clipped deltas are summed
-    with equal weights, Gaussian noise of std z·S is added and the sum is divided by the
-    cohort size. Give ``noise_multiplier`` z, ``target_epsilon``, or both: with only the
-    target, z is calibrated so that all ``rounds`` fit in it; with both, training stops at
-    the last round whose ε fits. ``delta`` defaults to min(1e-5, N^-1.1), which stays below
-    1/N for any number of clients N. ``adaptive_clipping`` moves the norm towards the
-    ``target_quantile`` γ (0.5) of the update norms with step ``clip_lr`` η (0.2),
-    starting at ``clip_norm`` (0.1), with noise of std ``count_noise`` σ_b (cohort/20)
-    on the count of unclipped updates (Andrew et al. 2021)."""
+    ``dp = "central"``: DP-FedAvg with the server adding the noise. Every client delta is
+    clipped to L2 norm ``clip_norm`` S, the clipped deltas are summed with equal weights,
+    Gaussian noise of std z·S is added and the sum is divided by the cohort size. Give
+    ``noise_multiplier`` z, ``target_epsilon``, or both: with only the target, z is
+    calibrated so that all ``rounds`` fit in it; with both, training stops at the last
+    round whose ε fits. ``delta`` defaults to min(1e-5, N^-1.1), which stays below 1/N for
+    any number of clients N. ``adaptive_clipping`` moves the norm towards the
+    ``target_quantile`` γ (0.5) of the update norms with step ``clip_lr`` η (0.2), starting
+    at ``clip_norm`` (0.1), with noise of std ``count_noise`` σ_b (cohort/20) on the count
+    of unclipped updates (Andrew et al. 2021). ``dp = "none"``: no differential privacy
+    (only secure aggregation).
 
-    dp: Literal["central"] = "central"
+    ``[privacy.secure_aggregation]`` turns SecAgg+ on (:class:`SecureAggregationConfig`);
+    with DP, clients clip their own deltas and the server adds the noise to the unmasked
+    sum."""
+
+    dp: Literal["central", "none"] = "central"
     clip_norm: PositiveFloat | None = None
     adaptive_clipping: bool = False
     target_quantile: float | None = Field(None, gt=0, lt=1)
@@ -389,9 +419,28 @@ class PrivacyConfig(_Section):
     noise_multiplier: PositiveFloat | None = None
     target_epsilon: PositiveFloat | None = None
     delta: float | None = Field(None, gt=0, lt=1)
+    secure_aggregation: SecureAggregationConfig | None = None
 
     @model_validator(mode="after")
     def _complete(self) -> PrivacyConfig:
+        dp_keys = (
+            "clip_norm",
+            "target_quantile",
+            "clip_lr",
+            "count_noise",
+            "noise_multiplier",
+            "target_epsilon",
+            "delta",
+        )
+        if self.dp == "none":
+            given = [k for k in dp_keys if getattr(self, k) is not None]
+            if given or self.adaptive_clipping:
+                raise ValueError(f'privacy.dp = "none" takes no DP settings, got {given}')
+            if self.secure_aggregation is None:
+                raise ValueError(
+                    'privacy.dp = "none" without [privacy.secure_aggregation] protects nothing'
+                )
+            return self
         if self.noise_multiplier is None and self.target_epsilon is None:
             raise ValueError("give privacy.noise_multiplier, privacy.target_epsilon or both")
         if not self.adaptive_clipping:

@@ -49,7 +49,7 @@ from fedge.privacy.clipping import AdaptiveClipping, sum_noise_multiplier
 if TYPE_CHECKING:
     from fedge.fl.local import LocalTraining
 
-__all__ = ["ClipTally", "DPFedAvg", "GaussianSum", "noise_generator"]
+__all__ = ["ClipTally", "DPFedAvg", "GaussianSum", "add_noise", "noise_generator"]
 
 #: Streams of :func:`noise_generator`: the noise on the update sum, on the unclipped count.
 SUM_NOISE, COUNT_NOISE = 0, 1
@@ -124,11 +124,16 @@ class GaussianSum:
                 self.tally.unclipped += int(fits)
         if total is None:
             raise FedgeError("no client update to aggregate in this round")
-        if self.noise_std > 0:
-            generator = noise_generator(self.seed, self.round, SUM_NOISE)
-            noise = torch.randn(total.numel(), generator=generator, dtype=torch.float64)
-            total.add_(noise, alpha=self.noise_std)
+        add_noise(total, self.noise_std, self.seed, self.round)
         return unflatten(total / self.expected_clients, like)
+
+
+def add_noise(total: torch.Tensor, std: float, seed: int, round: int) -> None:
+    """Add N(0, std² I) from the round's sum-noise stream to the float64 ``total``."""
+    if std > 0:
+        generator = noise_generator(seed, round, SUM_NOISE)
+        noise = torch.randn(total.numel(), generator=generator, dtype=torch.float64)
+        total.add_(noise, alpha=std)
 
 
 class DPFedAvg(Strategy):
@@ -244,14 +249,65 @@ class DPFedAvg(Strategy):
 
     def aggregate(self, state: ServerState, updates: Iterable[ClientUpdate]) -> ServerState:
         inner, tally, clip = self._for_round(state)
-        new = inner.aggregate(state, updates)
+        return self._move_clip(state, inner.aggregate(state, updates), tally.unclipped, clip)
+
+    def _move_clip(
+        self, state: ServerState, new: ServerState, unclipped: int, clip: float
+    ) -> ServerState:
+        """``new`` with the next C (adaptive clipping) from this round's unclipped count."""
         if self.adaptive is None:
             return new
         generator = noise_generator(self.seed, state.round + 1, COUNT_NOISE)
-        fraction = self.adaptive.noisy_fraction(tally.unclipped, self.expected_clients, generator)
+        fraction = self.adaptive.noisy_fraction(unclipped, self.expected_clients, generator)
         clip = self.adaptive.next_norm(clip, fraction)
         dp = {"clip_norm": torch.tensor(clip, dtype=torch.float64)}
         return replace(new, extras={**new.extras, "dp": dp})
+
+    # --- sum path: the client clips, the server adds the noise to the unmasked sum -----
+
+    def check_sum_path(self) -> None:
+        self.inner.check_sum_path()
+
+    def sum_bounds(
+        self, state: ServerState, clip_range: float
+    ) -> dict[str, tuple[int, float, float]]:
+        """Clipped deltas lie in [−C, C] per coordinate (‖Δ‖ ≤ C); weights are uniform."""
+        clip = self.current_clip_norm(state)
+        length = sum(t.numel() for t in state.params.values())
+        bounds = {"delta": (length, -clip, clip)}
+        if self.adaptive is not None:
+            bounds["unclipped"] = (1, 0.0, 1.0)
+        return bounds
+
+    def secure_parts(
+        self,
+        task: ClientTask,
+        update: ClientUpdate,
+        weight: float,
+        clip_norm: float | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """clip(Δ, C) with weight 1 (and 1 if it fitted under C, for adaptive clipping)."""
+        if clip_norm is None:
+            raise FedgeError("differential privacy under secure aggregation needs the round's C")
+        mine = flatten({k: update.params[k] for k in task.params}).to(torch.float64)
+        delta = mine - flatten(task.params).to(torch.float64)
+        norm = float(delta.norm())
+        fits = norm <= clip_norm
+        parts = {"delta": delta if fits else delta * (clip_norm / norm)}
+        if self.adaptive is not None:
+            parts["unclipped"] = torch.tensor([float(fits)], dtype=torch.float64)
+        return parts
+
+    def apply_sums(
+        self, state: ServerState, sums: dict[str, torch.Tensor], count: int
+    ) -> ServerState:
+        """(Σ clip(Δ) + N(0, (z_Δ·C)² I)) / m through the wrapped strategy's optimizer."""
+        clip = self.current_clip_norm(state)
+        total = sums["delta"].to(torch.float64).clone()
+        add_noise(total, self.sum_noise_multiplier * clip, self.seed, state.round + 1)
+        new = self.inner.apply_delta(state, unflatten(total / self.expected_clients, state.params))
+        unclipped = round(float(sums["unclipped"][0])) if self.adaptive is not None else 0
+        return self._move_clip(state, new, unclipped, clip)
 
     def reported_extras(self, state: ServerState) -> dict[str, Params]:
         return self.inner.reported_extras(state)

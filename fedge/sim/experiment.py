@@ -7,6 +7,7 @@ round, evaluating the global model on the test set.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import closing
@@ -29,6 +30,8 @@ from fedge.fl.strategy import Strategy
 from fedge.fl.types import ClientTask, ClientUpdate, Params, ServerState
 from fedge.models.spec import ModelSpec, build_model, count_parameters, fast_layout
 from fedge.privacy.plan import PrivacyPlan, plan_privacy
+from fedge.privacy.secagg import SecAggAborted, SecureAggregation
+from fedge.privacy.secagg.aggregation import secagg_settings
 from fedge.sim.adversity import (
     attack_update,
     flip_labels,
@@ -50,6 +53,8 @@ __all__ = [
     "run",
     "run_to_folder",
 ]
+
+log = logging.getLogger("fedge.sim")
 
 
 class Observer(Protocol):
@@ -116,7 +121,7 @@ def prepare(config: ExperimentConfig) -> Federation:
     strategy = make_strategy(config.strategy, num_clients=len(partition), local=local)
     check_cohort(config.strategy, cohort)
     privacy = None
-    if config.privacy is not None:
+    if config.privacy is not None and config.privacy.dp != "none":
         privacy = plan_privacy(
             config.privacy,
             num_clients=len(partition),
@@ -124,6 +129,12 @@ def prepare(config: ExperimentConfig) -> Federation:
             rounds=config.rounds,
         )
         strategy = privacy.wrap(strategy, seed=config.seed)
+    if config.privacy is not None and config.privacy.secure_aggregation is not None:
+        settings = secagg_settings(
+            config.privacy.secure_aggregation,
+            largest_client=max(len(rows) for rows in partition),
+        )
+        strategy = SecureAggregation(strategy, settings, seed=config.seed)
     policy = config.system.policy
     if policy == "auto":
         policy = "partial" if strategy.accepts_partial_work else "drop"
@@ -279,7 +290,13 @@ def _run_rounds(
         )
         tally = RoundTally()
         before = rounds.state
-        state = rounds.close(_collect(fed, trained, task, client_states, observer), tally)
+        aborted = None
+        try:
+            state = rounds.close(_collect(fed, trained, task, client_states, observer), tally)
+        except SecAggAborted as exc:  # nothing of the round is released; the model stays
+            rounds.abandon()
+            state, aborted = before, str(exc)
+            log.warning("round %d: %s", r, exc)
         train_seconds = time.perf_counter() - t0
         metrics: dict[str, Any] = {
             "round": r,
@@ -294,6 +311,10 @@ def _run_rounds(
             "clients_per_second": tally.clients / train_seconds,
             "samples_per_second": tally.examples / train_seconds,
         }
+        if isinstance(fed.strategy, SecureAggregation):
+            metrics["secure_aggregation"] = (
+                {"aborted": aborted} if aborted else fed.strategy.last_round
+            )
         if fed.privacy is not None:
             metrics["epsilon"] = fed.privacy.epsilon(r)
             if fed.privacy.adaptive is not None:

@@ -13,6 +13,13 @@ Client half
     no engine or client can forget them; :meth:`Strategy.finish_client` adds what the client reports
     beyond its weights (e.g. SCAFFOLD's Δc) and its new own state.
 
+Sum path (secure aggregation)
+    Under secure aggregation the server sees only the sum of what clients send. A client
+    computes its summands with :meth:`Strategy.secure_parts` (flat float64 tensors, e.g.
+    ω_k·Δ_k and ω_k), and the server turns the sums into the next state with
+    :meth:`Strategy.apply_sums`. :meth:`Strategy.check_sum_path` refuses what needs
+    individual updates (robust aggregators).
+
 Methods are pure functions of their arguments: no I/O, no threads, and nothing stored on
 the object between calls. Per-client state travels in :attr:`ClientTask.client_state`.
 """
@@ -22,9 +29,20 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, ClassVar
 
+import torch
+
+from fedge.errors import ConfigError, FedgeError
 from fedge.fl.aggregators import Aggregator, WeightedMean
 from fedge.fl.server_opt import ServerOptimizer
-from fedge.fl.types import ClientTask, ClientUpdate, Params, ServerState, clone_params
+from fedge.fl.types import (
+    ClientTask,
+    ClientUpdate,
+    Params,
+    ServerState,
+    clone_params,
+    flatten,
+    unflatten,
+)
 
 if TYPE_CHECKING:
     from fedge.fl.local import LocalTraining
@@ -94,7 +112,10 @@ class Strategy:
         ``updates`` may be a one-pass iterator: the default aggregator consumes it with a
         running sum, so memory does not grow with the number of clients.
         """
-        delta = self.combine(state, updates)
+        return self.apply_delta(state, self.combine(state, updates))
+
+    def apply_delta(self, state: ServerState, delta: Params) -> ServerState:
+        """The next state after the server optimizer applies the round's ``delta``."""
         opt_state = {k: v for k, v in state.extras.items() if k.startswith("opt.")}
         params, opt_state = self.server_optimizer.step(state.params, delta, opt_state)
         kept = {k: v for k, v in state.extras.items() if not k.startswith("opt.")}
@@ -104,6 +125,51 @@ class Strategy:
         """What a client reports beyond its weights, as reference tensors by group (names,
         shapes and dtypes to check uploads against); nothing by default."""
         return {}
+
+    # --- sum path (secure aggregation) -----------------------------------------------
+
+    def check_sum_path(self) -> None:
+        """Refuse aggregation that needs individual updates, which a sum cannot give."""
+        if not isinstance(self.aggregator, WeightedMean):
+            raise ConfigError(
+                f"secure aggregation needs the mean aggregator, got "
+                f"{type(self.aggregator).__name__}: robust aggregators and per-update norm "
+                "bounds look at individual updates, and the server only sees their sum"
+            )
+
+    def sum_bounds(
+        self, state: ServerState, clip_range: float
+    ) -> dict[str, tuple[int, float, float]]:
+        """``name → (length, lo, hi)`` of each summand :meth:`secure_parts` returns: the
+        interval its values are encoded in (``clip_range`` bounds delta coordinates)."""
+        length = sum(t.numel() for t in state.params.values())
+        return {"delta": (length, -clip_range, clip_range), "weight": (1, 0.0, 1.0)}
+
+    def secure_parts(
+        self,
+        task: ClientTask,
+        update: ClientUpdate,
+        weight: float,
+        clip_norm: float | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """What one client adds to the round's sum: ω·Δ and ω, for its weight ω in (0, 1]
+        (``clip_norm`` is for strategies that clip on the client, i.e. DP)."""
+        mine = flatten({k: update.params[k] for k in task.params}).to(torch.float64)
+        delta = mine - flatten(task.params).to(torch.float64)
+        return {
+            "delta": delta * weight,
+            "weight": torch.tensor([weight], dtype=torch.float64),
+        }
+
+    def apply_sums(
+        self, state: ServerState, sums: dict[str, torch.Tensor], count: int
+    ) -> ServerState:
+        """The next state from the sums of ``count`` clients' :meth:`secure_parts`:
+        the weighted mean delta Σω·Δ / Σω through the server optimizer."""
+        total = float(sums["weight"][0])
+        if not total > 0:
+            raise FedgeError("the round's summed weight is not positive: nothing to average")
+        return self.apply_delta(state, unflatten(sums["delta"] / total, state.params))
 
     # --- client half ------------------------------------------------------------------
 

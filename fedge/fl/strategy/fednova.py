@@ -14,11 +14,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
-from fedge.errors import ConfigError
+import torch
+
+from fedge.errors import ConfigError, FedgeError
 from fedge.fl.aggregators import Aggregator
 from fedge.fl.server_opt import ServerOptimizer
 from fedge.fl.strategy.base import Strategy
-from fedge.fl.types import ClientUpdate, Params, ServerState
+from fedge.fl.types import ClientTask, ClientUpdate, Params, ServerState, unflatten
 
 __all__ = ["FedNova", "local_step_norm"]
 
@@ -73,3 +75,45 @@ class FedNova(Strategy):
         direction = self.aggregator(normalized())
         tau_eff = sums["n_a"] / sums["n"]
         return {k: tau_eff * v for k, v in direction.items()}
+
+    # --- sum path: the client divides by a_k, so the server needs only sums ------------
+
+    #: The largest a_k the sum path encodes (a_k ≈ local steps); larger values are clipped.
+    max_step_norm: float = 10_000.0
+
+    def sum_bounds(
+        self, state: ServerState, clip_range: float
+    ) -> dict[str, tuple[int, float, float]]:
+        return {
+            **super().sum_bounds(state, clip_range),
+            "weighted_norm": (1, 0.0, self.max_step_norm),
+        }
+
+    def secure_parts(
+        self,
+        task: ClientTask,
+        update: ClientUpdate,
+        weight: float,
+        clip_norm: float | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """ω·Δ/a_k, ω and ω·a_k; a client that took no step sends zeros (it is skipped)."""
+        parts = super().secure_parts(task, update, weight, clip_norm)
+        if update.num_steps == 0:
+            return {k: torch.zeros_like(v) for k, v in parts.items()} | {
+                "weighted_norm": torch.zeros(1, dtype=torch.float64)
+            }
+        a = local_step_norm(update.num_steps, self.momentum)
+        parts["delta"] = parts["delta"] / a
+        parts["weighted_norm"] = torch.tensor([weight * a], dtype=torch.float64)
+        return parts
+
+    def apply_sums(
+        self, state: ServerState, sums: dict[str, torch.Tensor], count: int
+    ) -> ServerState:
+        """τ_eff · Σω·Δ/a / Σω with τ_eff = Σω·a / Σω."""
+        total = float(sums["weight"][0])
+        if not total > 0:
+            raise FedgeError("the round's summed weight is not positive: nothing to average")
+        tau_eff = float(sums["weighted_norm"][0]) / total
+        direction = unflatten(sums["delta"] * (tau_eff / total), state.params)
+        return self.apply_delta(state, direction)

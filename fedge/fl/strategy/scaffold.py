@@ -24,7 +24,7 @@ from fedge.errors import ConfigError
 from fedge.fl.aggregators import Aggregator
 from fedge.fl.server_opt import ServerOptimizer
 from fedge.fl.strategy.base import Strategy
-from fedge.fl.types import ClientTask, ClientUpdate, Params, ServerState
+from fedge.fl.types import ClientTask, ClientUpdate, Params, ServerState, flatten, unflatten
 
 if TYPE_CHECKING:
     from fedge.fl.local import LocalTraining
@@ -113,4 +113,33 @@ class Scaffold(Strategy):
         new = super().aggregate(state, tap(updates))
         c = state.extras["c"]
         c = {k: c[k] + (total[k] / self.num_clients).to(c[k].dtype) for k in c}
+        return replace(new, extras={**new.extras, "c": c})
+
+    # --- sum path: Δc_i is summed unweighted beside the weighted Δy ---------------------
+
+    def sum_bounds(
+        self, state: ServerState, clip_range: float
+    ) -> dict[str, tuple[int, float, float]]:
+        bounds = super().sum_bounds(state, clip_range)
+        return {**bounds, "delta_c": bounds["delta"]}
+
+    def secure_parts(
+        self,
+        task: ClientTask,
+        update: ClientUpdate,
+        weight: float,
+        clip_norm: float | None = None,
+    ) -> dict[str, torch.Tensor]:
+        parts = super().secure_parts(task, update, weight, clip_norm)
+        delta_c = update.extras["delta_c"]
+        parts["delta_c"] = flatten({k: delta_c[k] for k in task.params}).to(torch.float64)
+        return parts
+
+    def apply_sums(
+        self, state: ServerState, sums: dict[str, torch.Tensor], count: int
+    ) -> ServerState:
+        new = super().apply_sums(state, sums, count)
+        c = state.extras["c"]
+        step = unflatten(sums["delta_c"] / self.num_clients, c)
+        c = {k: c[k] + step[k] for k in c}
         return replace(new, extras={**new.extras, "c": c})
