@@ -228,18 +228,29 @@ def privacy_plan(
     delta: Annotated[
         float | None, typer.Option(help="δ (default min(1e-5, N^-1.1)).", show_default=False)
     ] = None,
+    dropout: Annotated[
+        float, typer.Option(help="Secure aggregation: fraction of a cohort that may drop out.")
+    ] = 0.3,
+    corrupt: Annotated[
+        float,
+        typer.Option(
+            help="Secure aggregation: fraction of clients that may collude with the server."
+        ),
+    ] = 0.05,
 ) -> None:
-    """Print the noise multiplier DP-FedAvg needs for (ε, δ) after T rounds, and the noise
-    it puts on the averaged update, before anyone trains.
+    """Print the noise multiplier DP-FedAvg needs for (ε, δ) after T rounds, the noise it
+    puts on the averaged update, and the SecAgg+ graph degree k and threshold t for the
+    cohort, before anyone trains.
 
     Example: fedge privacy plan --clients 1000 --per-round 100 --rounds 100 --epsilon 8
     """
     from fedge.privacy.ledger import default_delta
-    from fedge.privacy.plan import plan_report
+    from fedge.privacy.plan import plan_report, secagg_report
 
     resolved = delta if delta is not None else default_delta(max(clients, 1))
     for line in plan_report(clients, per_round, rounds, epsilon, resolved):
         console.print(line, soft_wrap=True, markup=False)
+    console.print(secagg_report(per_round, dropout, corrupt), soft_wrap=True, markup=False)
 
 
 def main() -> None:  # pragma: no cover - console entry

@@ -19,8 +19,9 @@ from fedge.fl.strategy import Strategy
 from fedge.privacy.clipping import AdaptiveClipping, sum_noise_multiplier
 from fedge.privacy.dpfedavg import DPFedAvg
 from fedge.privacy.ledger import PrivacyLedger, calibrate_noise_multiplier, default_delta
+from fedge.privacy.secagg.params import find_parameters
 
-__all__ = ["PrivacyPlan", "plan_privacy", "plan_report"]
+__all__ = ["PrivacyPlan", "plan_privacy", "plan_report", "secagg_report"]
 
 
 @dataclass(frozen=True)
@@ -172,3 +173,16 @@ def plan_report(
         f"noise std of the averaged update: z/m = {z / clients_per_round:.4g} × the clipping "
         "norm S (per coordinate)",
     ]
+
+
+def secagg_report(clients_per_round: int, dropout: float, corrupt: float) -> str:
+    """The SecAgg+ line of ``fedge privacy plan``: k and t for a cohort of
+    ``clients_per_round`` that tolerates ``dropout`` and ``corrupt`` fractions."""
+    graph = find_parameters(clients_per_round, dropout=dropout, corrupt=corrupt)
+    shape = "complete graph" if graph.complete else "Harary graph"
+    return (
+        f"secure aggregation (SecAgg+): each of the {clients_per_round} clients masks with "
+        f"k = {graph.degree} neighbours ({shape}), threshold t = {graph.threshold}: "
+        f"tolerates {dropout:.0%} dropouts with {corrupt:.0%} of clients colluding with a "
+        "curious server (2^-40 security, 2^-20 failure)"
+    )

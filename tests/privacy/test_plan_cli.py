@@ -27,3 +27,17 @@ def test_plan_refuses_more_clients_per_round_than_clients():
     result = runner.invoke(app, ["privacy", "plan", *args])
     assert result.exit_code == 2
     assert result.output.startswith("error: ") and "clients per round" in result.output
+
+
+def test_plan_prints_secure_aggregation_parameters_for_the_cohort():
+    args = ["--clients", "100000", "--per-round", "1000", "--rounds", "10", "--epsilon", "8"]
+    result = runner.invoke(
+        app, ["privacy", "plan", *args, "--dropout", "0.33", "--corrupt", "0.05"]
+    )
+    assert result.exit_code == 0, result.output
+    # federated-compute's finder: 1000 clients, 5% corrupt, 33% dropouts → k = 72, t <= 24
+    k = int(re.search(r"k = (\d+) neighbours", result.output).group(1))
+    t = int(re.search(r"threshold t = (\d+)", result.output).group(1))
+    assert k == 72 and 2 <= t <= 24
+    bad = runner.invoke(app, ["privacy", "plan", *args, "--dropout", "0.9"])
+    assert bad.exit_code == 2 and "cannot tolerate" in bad.output
