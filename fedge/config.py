@@ -376,7 +376,8 @@ class SecureAggregationConfig(_Section):
     quantized modulo 2^``modulus_bits``. ``weighting = "samples"`` weighs a client by
     min(n_k, ``max_weight``)/``max_weight`` (default in simulation: the largest client);
     ``"uniform"`` weighs all clients alike. In simulation, ``simulated_dropout`` of each
-    cohort vanishes after sharing keys."""
+    cohort vanishes after sharing keys. On a deployment server each stage after the
+    training ends after ``stage_seconds`` at the latest."""
 
     dropout: float = Field(0.3, ge=0, lt=1)
     corrupt: float = Field(0.05, ge=0, lt=1)
@@ -388,6 +389,7 @@ class SecureAggregationConfig(_Section):
     degree: PositiveInt | None = None
     threshold: int | None = Field(None, ge=2)
     simulated_dropout: float = Field(0.0, ge=0, lt=1)
+    stage_seconds: PositiveFloat = 60.0
 
 
 class PrivacyConfig(_Section):

@@ -12,6 +12,14 @@ update not yet acknowledged live in its state folder. An update is uploaded with
 idempotency key chosen before the first try, so a retry after a lost answer is counted
 once. The strategy state advances only when the server has acknowledged the update that
 produced it; a device that loses it starts again from zero, which the strategies allow.
+
+In a round with secure aggregation (the task carries a SecAgg+ plan) the device never
+uploads its update: it quantizes its contribution and takes part in the protocol's stages
+(:mod:`fedge.privacy.secagg`), asking the server for each stage's input and posting its
+answer; its strategy state advances when the round closes with its masked input summed.
+Its protocol secrets live in memory only: a device that restarts mid-round has dropped out
+of it. For fault-injection tests, ``$FEDGE_SECAGG_CRASH_AT=<stage>`` makes the process
+SIGKILL itself just before it would post that stage's message.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import signal
 import ssl
 import time
 import uuid
@@ -28,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import torch
 from pydantic import TypeAdapter
 
@@ -36,8 +46,19 @@ from fedge.errors import ConfigError, ProtocolError, Unauthorized
 from fedge.federation.protocol import Task
 from fedge.federation.wire import decode_model, encode_model, encode_update
 from fedge.fl.local import LocalTraining, client_generator, train_client
-from fedge.fl.types import ClientTask, Params
+from fedge.fl.strategy import Strategy
+from fedge.fl.types import ClientTask, ClientUpdate, Params
 from fedge.models.spec import build_model, fast_layout, load_spec
+from fedge.privacy.secagg import RoundPlan, SecAggAborted, SecAggClient, contribution
+from fedge.privacy.secagg.crypto import SecAggRefused
+from fedge.privacy.secagg.messages import (
+    keys_to_json,
+    neighbours_from_json,
+    sealed_from_json,
+    sealed_to_json,
+    shares_to_json,
+    view_from_json,
+)
 from fedge.sim.build import make_strategy
 
 __all__ = ["ClientSettings", "FederatedClient"]
@@ -286,6 +307,9 @@ class FederatedClient:
             client_generator(task.seed, task.training_round, self.rng_id),
             client_id=self.rng_id,
         )
+        if task.secure_aggregation is not None:
+            self._secure_round(identity, task, strategy, own, update)
+            return
         data = encode_update(update, round=task.round, model_version=task.model_version)
         if update.client_state is not None:
             self._write(
@@ -318,6 +342,108 @@ class FederatedClient:
         self.accepted += 1
         self.log(f"round {pending['round']}: update accepted")
         self._clear_pending(keep_state=True)
+
+    # --- secure aggregation -------------------------------------------------------------
+
+    def _secure_round(
+        self,
+        identity: dict[str, str],
+        task: Task,
+        strategy: Strategy,
+        own: ClientTask,
+        update: ClientUpdate,
+    ) -> None:
+        """Take part in the round's SecAgg+ stages with ``update`` (see the module)."""
+        assert task.secure_aggregation is not None and task.secagg_url is not None
+        plan = RoundPlan.from_json(task.secure_aggregation)
+        me = identity["device_id"]
+        protocol = SecAggClient(me, plan.setup)
+        encoded = contribution(strategy, plan, own, update, np.random.default_rng())
+        if encoded.clipped:
+            self.log(
+                f"round {task.round}: {encoded.clipped} values were outside the secure "
+                "aggregation range and were clipped"
+            )
+        base, headers = task.secagg_url, self._authorized(identity)
+        limit = plan.graph.degree
+        advertise = {
+            "model_version": task.model_version,
+            "keys": keys_to_json(protocol.advertise()),
+        }
+        if not self._secure_send(task.round, f"{base}/advertise", headers, advertise):
+            return
+        self.log(f"round {task.round}: keys sent; secure aggregation under way")
+        summed = False
+        while True:
+            response = self._request(
+                "GET", base, params={"wait": self.settings.long_poll}, headers=headers
+            )
+            if response.status_code == 409:
+                self.log(f"round {task.round}: {_error_text(response)}")
+                return
+            info = response.json()
+            stage = info["stage"]
+            if stage == "finished":
+                if info["status"] == "closed" and summed:
+                    self.accepted += 1
+                    if update.client_state is not None:
+                        self._write(
+                            "client_state.safetensors",
+                            encode_model({}, update.client_state, model_version=task.model_version),
+                        )
+                    self.log(f"round {task.round}: closed with this device's update in the sum")
+                else:
+                    self.log(f"round {task.round}: {info['status']} without this device's update")
+                return
+            if info.get("excluded"):
+                self.log(f"round {task.round}: dropped from the secure round at stage {stage!r}")
+                return
+            if info.get("waiting"):
+                continue
+            try:
+                if stage == "share":
+                    sealed = protocol.share(neighbours_from_json(info.get("neighbours"), limit))
+                    message: dict[str, Any] | bytes = {"shares": sealed_to_json(sealed)}
+                elif stage == "masked":
+                    shares = sealed_from_json(info.get("shares"), "shares", limit)
+                    vector = protocol.masked(shares, encoded.values)
+                    message = vector.astype(vector.dtype.newbyteorder("<")).tobytes()
+                elif stage == "confirm":
+                    view = view_from_json(info, plan.codec.max_clients)
+                    summed = me in view.survivors
+                    message = {"confirmations": sealed_to_json(protocol.confirm(view))}
+                else:
+                    sealed = sealed_from_json(info.get("confirmations"), "confirmations", limit)
+                    message = shares_to_json(*protocol.unmask(sealed))
+            except (SecAggRefused, SecAggAborted, ValueError) as exc:
+                self.log(f"round {task.round}: refusing to go on with secure aggregation: {exc}")
+                return
+            if not self._secure_send(task.round, f"{base}/{stage}", headers, message):
+                return
+
+    def _secure_send(
+        self, round: int, url: str, headers: dict[str, str], message: dict[str, Any] | bytes
+    ) -> bool:
+        """Post one stage's message; ``False`` if the server refused it (too late)."""
+        stage = url.rsplit("/", 1)[-1]
+        if os.environ.get("FEDGE_SECAGG_CRASH_AT") == stage:
+            os.kill(os.getpid(), signal.SIGKILL)
+        if isinstance(message, bytes):
+            kwargs: dict[str, Any] = {"content": message}
+            headers = {**headers, "Content-Type": "application/octet-stream"}
+        else:
+            kwargs = {"json": message}
+        try:
+            response = self._request("POST", url, headers=headers, **kwargs)
+        except ProtocolError as exc:
+            if isinstance(exc, Unauthorized):
+                raise
+            self.log(f"round {round}: the {stage} message was refused: {exc}")
+            return False
+        if response.status_code == 409:
+            self.log(f"round {round}: the {stage} message came too late ({_error_text(response)})")
+            return False
+        return True
 
     def _clear_pending(self, *, keep_state: bool) -> None:
         state = self._path("pending_state.safetensors")

@@ -82,6 +82,15 @@ class Task(_Message):
     training: TrainingSettings
     strategy: dict[str, Any] = Field(description="The experiment's [strategy] section.")
     spec: dict[str, Any] = Field(description="The model spec (fedge.models.spec).")
+    secure_aggregation: dict[str, Any] | None = Field(
+        None,
+        description=(
+            "Set when the round runs SecAgg+: the round's plan (context, threshold, degree, "
+            "modulus bits, vector layout, weighting, clipping). The device then posts its "
+            "keys to secagg_url/advertise instead of uploading its update."
+        ),
+    )
+    secagg_url: str | None = None
 
 
 class Wait(_Message):

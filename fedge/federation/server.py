@@ -43,15 +43,20 @@ from fedge.errors import (
     StaleUpdate,
     StorageError,
     Unauthorized,
+    UpdateRejected,
 )
 from fedge.federation.protocol import Finished, Task, TrainingSettings, UploadReceipt, Wait
+from fedge.federation.secure import SecureRound
 from fedge.federation.state import Device, FederationState, hash_token
 from fedge.federation.wire import decode_model, decode_update, encode_model
 from fedge.fl.local import LocalTraining, evaluate
-from fedge.fl.rounds import RoundCoordinator, RoundPolicy, RoundStatus, RoundTally
+from fedge.fl.rounds import Round, RoundCoordinator, RoundPolicy, RoundStatus, RoundTally
 from fedge.fl.sampling import clients_per_round
 from fedge.fl.types import ClientUpdate, ServerState
 from fedge.models.spec import ModelSpec, build_model, fast_layout, load_spec
+from fedge.privacy.secagg import SecAggAborted, SecAggSettings, apply_secure_sum, plan_round
+from fedge.privacy.secagg.aggregation import secagg_settings
+from fedge.privacy.secagg.crypto import digest
 from fedge.sim.build import check_cohort, make_strategy, model_spec
 
 __all__ = ["FederationServer", "experiment_fingerprint", "local_training"]
@@ -135,17 +140,15 @@ class FederationServer:
                 "the server needs an enrollment secret of at least 8 characters: "
                 "deploy.enrollment_secret or $FEDGE_ENROLLMENT_SECRET"
             )
-        if config.privacy is not None:
-            raise ConfigError(
-                "[privacy] is not built into the deployment server yet (DP-FedAvg runs in "
-                "`fedge simulate`; on a fleet, who takes part depends on who checks in, "
-                "which its privacy accounting must model): remove [privacy] to deploy"
-            )
         self.num_devices = _num_devices(config)
         self.local = local_training(config)
         self.strategy = make_strategy(
             config.strategy, num_clients=self.num_devices, local=self.local
         )
+        #: Secure aggregation settings, when rounds run SecAgg+.
+        self.secagg: SecAggSettings | None = None
+        if config.privacy is not None:
+            self.secagg = self._secagg_settings(config)
         data = data if data is not None else self._load_data()
         self.spec = self._spec(data)
         #: The test split the server evaluates each new model on (the training split is
@@ -178,6 +181,9 @@ class FederationServer:
         self.store.claim(experiment_fingerprint(config))
         self.devices = {d.id: d for d in self.store.devices()}
         self._dummy_hash = hash_token(secrets.token_urlsafe(32))
+        #: The open round's secure aggregation (``None`` without it).
+        self.secure: SecureRound | None = None
+        self._stage_changed = asyncio.Event()  # set (and replaced) when a secure stage ends
         self.coordinator = RoundCoordinator(
             self.strategy, self._initial_state(), self.policy, rounds=config.rounds
         )
@@ -198,6 +204,28 @@ class FederationServer:
         }
 
     # --- start-up -----------------------------------------------------------------------
+
+    def _secagg_settings(self, config: ExperimentConfig) -> SecAggSettings:
+        privacy = config.privacy
+        assert privacy is not None
+        if privacy.dp != "none":
+            raise ConfigError(
+                "[privacy] is not built into the deployment server yet for differential "
+                "privacy (DP-FedAvg runs in `fedge simulate`; on a fleet, who takes part "
+                "depends on who checks in, which the privacy accounting must model): set "
+                'privacy.dp = "none" to deploy with secure aggregation only, or remove [privacy]'
+            )
+        assert privacy.secure_aggregation is not None  # dp = "none" requires it
+        settings = secagg_settings(privacy.secure_aggregation)
+        if settings.weighting == "samples" and settings.max_weight is None:
+            raise ConfigError(
+                "secure aggregation on a server weighs devices by min(n_k, max_weight): set "
+                'privacy.secure_aggregation.max_weight, or weighting = "uniform"'
+            )
+        if settings.simulated_dropout:
+            raise ConfigError("privacy.secure_aggregation.simulated_dropout is for simulations")
+        self.strategy.check_sum_path()
+        return settings
 
     def _load_data(self) -> FederatedData | None:
         needs = self.config.model.spec is None
@@ -248,6 +276,7 @@ class FederationServer:
                 number = self.store.last_round_number() + 1
                 self.store.open_round(number, self.coordinator.state.round)
                 self.coordinator.open(number)
+                self._open_secure(number)
             return
         number, version, started_at = row
         if version != self.coordinator.state.round:
@@ -259,12 +288,37 @@ class FederationServer:
         current.started_at = started_at
         current.assigned = self.store.assignments(number)
         current.accepted = {u.device: u.key for u in self.store.accepted(number)}
+        self._open_secure(number)
         log.info(
             "resuming round %d: %d tasks out, %d updates accepted",
             number,
             len(current.assigned),
             len(current.accepted),
         )
+
+    def _open_secure(self, number: int) -> None:
+        """Set up round ``number``'s secure aggregation from what the store holds (nothing
+        for a new round; every accepted message and stage after a restart)."""
+        self.secure = None
+        if self.secagg is None:
+            return
+        plan = plan_round(
+            self.strategy,
+            self.coordinator.state,
+            self.secagg,
+            cohort=self.policy.selected,
+            context=digest("fedge federation", self.store.federation_id(), str(number)),
+        )
+        self.secure = SecureRound.replay(
+            plan, number, self.store.secagg_stages(number), self.store.secagg_messages(number)
+        )
+        current = self.coordinator.round
+        assert current is not None
+        current.stage = self.secure.stage
+        current.accepted = {
+            device: hashlib.sha256(body).hexdigest()
+            for device, body in self.secure.received["advertise"].items()
+        }
 
     def _cache_model(self) -> None:
         version = self.coordinator.state.round
@@ -329,6 +383,8 @@ class FederationServer:
             model_url=f"/v1/models/{current.model_version}",
             upload_url=f"/v1/rounds/{current.number}/updates",
             deadline_seconds=current.seconds_left(self.clock()),
+            secure_aggregation=self.secure.plan.to_json() if self.secure is not None else None,
+            secagg_url=f"/v1/rounds/{current.number}/secagg" if self.secure is not None else None,
             **self._task_fields,
         )
 
@@ -393,6 +449,11 @@ class FederationServer:
         model version, a closed round, a device without a task or a second update; in
         every such case nothing is stored.
         """
+        if self.secure is not None:
+            raise StaleUpdate(
+                f"round {self.secure.number} runs secure aggregation: post the keys to "
+                f"/v1/rounds/{self.secure.number}/secagg/advertise instead of an update"
+            )
         receipt = UploadReceipt(duplicate=True, round=round, device_id=device)
         if await self._already_accepted(device, round, key):
             return 200, receipt
@@ -427,6 +488,115 @@ class FederationServer:
             raise StaleUpdate(f"round {round} is closed: the experiment has finished")
         return current.admit(device, round, model_version, key)
 
+    # --- secure aggregation -------------------------------------------------------------
+
+    async def secure_post(self, device: str, round: int, stage: str, body: bytes) -> int:
+        """Accept ``device``'s message for ``stage`` of secure round ``round``, durably:
+        201 when new, 200 for a retry of the same message.
+
+        Raises :class:`~fedge.errors.UpdateRejected` (400) for a malformed message,
+        :class:`~fedge.errors.StaleUpdate` (409) for another round or stage, a device
+        that takes no part in the stage or a second, different message, and
+        :class:`~fedge.privacy.secagg.crypto.SecAggRefused` (409) for one that breaks the
+        protocol; nothing is stored then.
+        """
+        async with self.lock:
+            secure, current = self.secure, self.coordinator.round
+            if secure is None or current is None:
+                raise StaleUpdate(f"round {round} is not an open secure round")
+            secure.check_stage(round, stage)
+            if secure.duplicate(stage, device, body):
+                return 200
+            key = hashlib.sha256(body).hexdigest()
+            if stage == "advertise":
+                version = _model_version(body)
+                if not current.admit(device, round, version, key):
+                    return 200
+            try:
+                await asyncio.to_thread(secure.accept, stage, device, body)
+            except ValueError as exc:
+                raise UpdateRejected(f"{stage} message from {device}: {exc}") from None
+            try:
+                await asyncio.to_thread(self.store.add_secagg_message, round, stage, device, body)
+            except StorageError:
+                self._open_secure(round)  # back to what is durable
+                raise
+            if stage == "advertise":
+                current.accept(device, key)
+                if current.due(self.clock()) is not None:
+                    self.due.set()
+            elif not secure.waiting_for():
+                self.due.set()
+        return 201
+
+    async def secure_input(self, device: str, round: int, hold: float = 0.0) -> dict[str, Any]:
+        """What ``device`` needs for the open stage of secure round ``round``; with
+        ``hold`` > 0 a device told to wait is answered when the stage changes."""
+        changed = self._stage_changed
+        answer = self._secure_answer(device, round)
+        if answer.get("waiting") and hold > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), hold)
+            answer = self._secure_answer(device, round)
+        return answer
+
+    def _secure_answer(self, device: str, round: int) -> dict[str, Any]:
+        secure = self.secure
+        if secure is not None and secure.number == round:
+            return secure.input_for(device)
+        past = next((h for h in reversed(self.history) if h["round"] == round), None)
+        if past is None:
+            raise StaleUpdate(f"round {round} is not a secure round of this server")
+        return {"round": round, "stage": "finished", "status": past["status"]}
+
+    def _secure_due(self) -> bool:
+        secure = self.secure
+        if secure is None or secure.stage == "advertise" or secure.opened_at is None:
+            return False
+        assert self.secagg is not None
+        late = self.clock() >= secure.opened_at + self.secagg.stage_seconds
+        return late or not secure.waiting_for()
+
+    async def _advance_secure(self) -> None:
+        """End the open secure stage (the lock is held): open the next, or unmask and
+        close the round, or abandon it when too few devices answered."""
+        secure, current = self.secure, self.coordinator.round
+        assert secure is not None and current is not None
+        now = self.clock()
+        try:
+            if secure.stage == "unmask":
+                state = await asyncio.to_thread(self._finish_secure)
+                version = (state.round, await asyncio.to_thread(self._write_version, state))
+                metrics = self._round_metrics(current)
+                metrics["secure_aggregation"] = secure.summary()
+                await self._conclude(current, state, version, metrics)
+                return
+            await asyncio.to_thread(secure.close_stage, now)
+            await asyncio.to_thread(self.store.open_secagg_stage, secure.number, secure.stage, now)
+        except SecAggAborted as exc:
+            log.error("round %d: %s", current.number, exc)
+            metrics = self._round_metrics(current)
+            metrics.update(error=str(exc), secure_aggregation=secure.summary())
+            await self._conclude(current, self.coordinator.state, None, metrics)
+            return
+        except StorageError:
+            self._open_secure(secure.number)  # back to what is durable; retried
+            raise
+        current.stage = secure.stage
+        log.info("round %d: secure aggregation stage %r", current.number, secure.stage)
+        self._wake_stage()
+
+    def _finish_secure(self) -> ServerState:
+        secure = self.secure
+        assert secure is not None and secure.protocol.view is not None
+        total = secure.protocol.finish()
+        count = len(secure.protocol.view.survivors)
+        return apply_secure_sum(self.strategy, self.coordinator.state, secure.plan, total, count)
+
+    def _wake_stage(self) -> None:
+        self._stage_changed.set()
+        self._stage_changed = asyncio.Event()
+
     # --- closing rounds -----------------------------------------------------------------
 
     def _stored_updates(self, number: int) -> Iterator[ClientUpdate]:
@@ -434,7 +604,14 @@ class FederationServer:
             yield decode_update(self.store.read_update(stored), device=stored.device).update
 
     async def tick(self) -> None:
-        """End the open round if it is due (target met, or deadline passed)."""
+        """End the open round if it is due (target met, or deadline passed), or the open
+        secure-aggregation stage if it is."""
+        if self.secure is not None and self.secure.stage != "advertise":
+            if self._secure_due():  # the round's own closing is behind it
+                async with self.lock:
+                    if self._secure_due():
+                        await self._advance_secure()
+            return
         current = self.coordinator.round
         if current is None or current.due(self.clock()) is None:
             return
@@ -458,17 +635,16 @@ class FederationServer:
                 await asyncio.sleep(1.0)
 
     async def _end_round(self) -> None:
-        """Close or abandon the open round (the lock is held)."""
+        """Close or abandon the open round (the lock is held); a secure round that has
+        its devices goes on to its key sharing instead."""
         current = self.coordinator.round
         assert current is not None
         outcome = current.due(self.clock())
-        started = current.started_at or self.clock()
-        metrics: dict[str, Any] = {
-            "tasks": len(current.assigned),
-            "participants": len(current.accepted),
-            "dropouts": len(current.assigned) - len(current.accepted),
-            "rejected": self.rejected_in_round,
-        }
+        secure = self.secure
+        if outcome is RoundStatus.CLOSED and secure is not None and secure.stage == "advertise":
+            await self._advance_secure()
+            return
+        metrics = self._round_metrics(current)
         version: tuple[int, str] | None = None
         state = self.coordinator.state
         if outcome is RoundStatus.CLOSED:
@@ -487,7 +663,28 @@ class FederationServer:
                 metrics.update(
                     samples=tally.samples, train_loss=tally.train_loss, devices=tally.devices
                 )
-        metrics["seconds"] = self.clock() - started
+        await self._conclude(current, state, version, metrics)
+
+    def _round_metrics(self, current: Round) -> dict[str, Any]:
+        return {
+            "tasks": len(current.assigned),
+            "participants": len(current.accepted),
+            "dropouts": len(current.assigned) - len(current.accepted),
+            "rejected": self.rejected_in_round,
+        }
+
+    async def _conclude(
+        self,
+        current: Round,
+        state: ServerState,
+        version: tuple[int, str] | None,
+        metrics: dict[str, Any],
+    ) -> None:
+        """Commit the end of ``current`` (closed with ``version``, or abandoned) and open
+        the next round (the lock is held)."""
+        metrics["seconds"] = self.clock() - (current.started_at or self.clock())
+        if version is None:
+            state = self.coordinator.state
         upcoming = None if state.round >= self.config.rounds else (current.number + 1, state.round)
         await asyncio.to_thread(
             self.store.commit_round,
@@ -514,9 +711,14 @@ class FederationServer:
             }
         )
         await asyncio.to_thread(self.store.drop_update_data, current.number)
+        if self.secure is not None:
+            await asyncio.to_thread(self.store.drop_secagg_data, current.number)
         self.rejected_in_round = 0
+        self.secure = None
         if upcoming is not None:
             self.coordinator.open(upcoming[0])
+            self._open_secure(upcoming[0])
+        self._wake_stage()
         self._opened.set()  # wake long polls: a new round, or the end
         self._opened = asyncio.Event()
         if version is not None:
@@ -594,3 +796,14 @@ class FederationServer:
 
     def close(self) -> None:
         self.store.close()
+
+
+def _model_version(body: bytes) -> int:
+    """The model version an ``advertise`` message names (the device trained on it)."""
+    try:
+        version = json.loads(body).get("model_version")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        raise UpdateRejected("the advertised keys must be a JSON object") from None
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise UpdateRejected("the advertised keys must name the model_version trained")
+    return version

@@ -3,7 +3,8 @@
 Layout of the state folder::
 
     state.db                      devices, rounds, assignments, accepted updates,
-                                  model versions, evaluations (SQLite, WAL, synchronous=FULL)
+                                  secure-aggregation messages and stages, model versions,
+                                  evaluations (SQLite, WAL, synchronous=FULL)
     tensors/versions/<v>/model.safetensors    global model v and the strategy's task extras
     tensors/versions/<v>/server.safetensors   the strategy's server state after v rounds
                                               (server optimizer moments, control variates)
@@ -53,6 +54,14 @@ CREATE TABLE IF NOT EXISTS updates (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, round INTEGER NOT NULL, device TEXT NOT NULL,
     key TEXT NOT NULL, num_samples INTEGER NOT NULL, at REAL NOT NULL, data BLOB,
     UNIQUE (round, device)
+);
+CREATE TABLE IF NOT EXISTS secagg_messages (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, round INTEGER NOT NULL, stage TEXT NOT NULL,
+    device TEXT NOT NULL, at REAL NOT NULL, data BLOB NOT NULL, UNIQUE (round, stage, device)
+);
+CREATE TABLE IF NOT EXISTS secagg_stages (
+    round INTEGER NOT NULL, stage TEXT NOT NULL, opened_at REAL NOT NULL,
+    PRIMARY KEY (round, stage)
 );
 CREATE TABLE IF NOT EXISTS evaluations (
     version INTEGER PRIMARY KEY, loss REAL, accuracy REAL, at REAL NOT NULL
@@ -155,6 +164,16 @@ class FederationState:
                 f"the state folder {self.root} belongs to another experiment (its data, "
                 "partition, model, training or strategy differ): give a new --state folder"
             )
+
+    def federation_id(self) -> str:
+        """A random id of this federation, bound into every secure round's context."""
+        row = self.db.execute("SELECT value FROM meta WHERE key = 'federation'").fetchone()
+        if row is not None:
+            return row[0]
+        value = os.urandom(16).hex()
+        with self._transaction():
+            self.db.execute("INSERT INTO meta VALUES ('federation', ?)", (value,))
+        return value
 
     # --- devices ------------------------------------------------------------------------
 
@@ -300,6 +319,40 @@ class FederationState:
         stay: they answer retried uploads and say who took part)."""
         with self._transaction():
             self.db.execute("UPDATE updates SET data = NULL WHERE round = ?", (round,))
+
+    # --- secure aggregation -------------------------------------------------------------
+
+    def add_secagg_message(self, round: int, stage: str, device: str, data: bytes) -> None:
+        """Record a device's accepted message for a stage, durably (one transaction)."""
+        with self._transaction():
+            self.db.execute(
+                "INSERT INTO secagg_messages (round, stage, device, at, data) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (round, stage, device, time.time(), data),
+            )
+
+    def open_secagg_stage(self, round: int, stage: str, at: float) -> None:
+        with self._transaction():
+            self.db.execute("INSERT INTO secagg_stages VALUES (?, ?, ?)", (round, stage, at))
+
+    def secagg_stages(self, round: int) -> list[tuple[str, float]]:
+        rows = self.db.execute(
+            "SELECT stage, opened_at FROM secagg_stages WHERE round = ? ORDER BY opened_at",
+            (round,),
+        )
+        return rows.fetchall()
+
+    def secagg_messages(self, round: int) -> list[tuple[str, str, bytes]]:
+        rows = self.db.execute(
+            "SELECT stage, device, data FROM secagg_messages WHERE round = ? ORDER BY seq",
+            (round,),
+        )
+        return rows.fetchall()
+
+    def drop_secagg_data(self, round: int) -> None:
+        """Delete a finished round's secure-aggregation messages (masked vectors, shares)."""
+        with self._transaction():
+            self.db.execute("DELETE FROM secagg_messages WHERE round = ?", (round,))
 
     # --- evaluations --------------------------------------------------------------------
 

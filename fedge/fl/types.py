@@ -7,7 +7,7 @@ dataclass, so state between rounds is explicit and never mutated in place.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -19,7 +19,9 @@ __all__ = [
     "ServerState",
     "clone_params",
     "flatten",
+    "flatten_by_name",
     "unflatten",
+    "unflatten_by_name",
 ]
 
 Params = dict[str, torch.Tensor]
@@ -43,6 +45,21 @@ def unflatten(vector: torch.Tensor, like: Mapping[str, torch.Tensor]) -> Params:
         out[name] = vector[offset : offset + ref.numel()].view(ref.shape).to(ref.dtype)
         offset += ref.numel()
     return out
+
+
+def flatten_by_name(
+    params: Mapping[str, torch.Tensor], names: Iterable[str] | None = None
+) -> torch.Tensor:
+    """:func:`flatten` in sorted name order (of ``names``, default ``params``'s): the order
+    of vectors that cross the wire, where dicts arrive in the file's order, not the
+    model's (safetensors sorts its names)."""
+    return flatten({k: params[k] for k in sorted(names if names is not None else params)})
+
+
+def unflatten_by_name(vector: torch.Tensor, like: Mapping[str, torch.Tensor]) -> Params:
+    """Inverse of :func:`flatten_by_name`, in ``like``'s own order."""
+    parts = unflatten(vector, {k: like[k] for k in sorted(like)})
+    return {k: parts[k] for k in like}
 
 
 @dataclass(frozen=True)

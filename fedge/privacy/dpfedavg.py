@@ -43,7 +43,16 @@ import torch
 from fedge.errors import ConfigError, FedgeError
 from fedge.fl.aggregators import NormBound, Weighted, WeightedMean
 from fedge.fl.strategy import FedNova, Scaffold, Strategy
-from fedge.fl.types import ClientTask, ClientUpdate, Params, ServerState, flatten, unflatten
+from fedge.fl.types import (
+    ClientTask,
+    ClientUpdate,
+    Params,
+    ServerState,
+    flatten,
+    flatten_by_name,
+    unflatten,
+    unflatten_by_name,
+)
 from fedge.privacy.clipping import AdaptiveClipping, sum_noise_multiplier
 
 if TYPE_CHECKING:
@@ -289,8 +298,8 @@ class DPFedAvg(Strategy):
         """clip(Δ, C) with weight 1 (and 1 if it fitted under C, for adaptive clipping)."""
         if clip_norm is None:
             raise FedgeError("differential privacy under secure aggregation needs the round's C")
-        mine = flatten({k: update.params[k] for k in task.params}).to(torch.float64)
-        delta = mine - flatten(task.params).to(torch.float64)
+        mine = flatten_by_name(update.params, task.params).to(torch.float64)
+        delta = mine - flatten_by_name(task.params).to(torch.float64)
         norm = float(delta.norm())
         fits = norm <= clip_norm
         parts = {"delta": delta if fits else delta * (clip_norm / norm)}
@@ -305,7 +314,9 @@ class DPFedAvg(Strategy):
         clip = self.current_clip_norm(state)
         total = sums["delta"].to(torch.float64).clone()
         add_noise(total, self.sum_noise_multiplier * clip, self.seed, state.round + 1)
-        new = self.inner.apply_delta(state, unflatten(total / self.expected_clients, state.params))
+        new = self.inner.apply_delta(
+            state, unflatten_by_name(total / self.expected_clients, state.params)
+        )
         unclipped = round(float(sums["unclipped"][0])) if self.adaptive is not None else 0
         return self._move_clip(state, new, unclipped, clip)
 

@@ -198,12 +198,15 @@ def round_records(state: Path) -> dict[int, dict]:
         db.close()
 
 
-def start_clients(server, state_root: Path, *args: str, count: int = 3, files=None) -> list:
+def start_clients(
+    server, state_root: Path, *args: str, count: int = 3, files=None, envs=None
+) -> list:
     """``fedge client`` processes on partitions 0..count-1 of the server's experiment;
-    ``files`` maps a partition to an ``.npz`` the device reads instead (``--data``)."""
-    env = {**os.environ, "FEDGE_ENROLLMENT_SECRET": SECRET}
+    ``files`` maps a partition to an ``.npz`` the device reads instead (``--data``),
+    ``envs`` a partition to extra environment variables."""
     procs = []
     for k in range(count):
+        env = {**os.environ, "FEDGE_ENROLLMENT_SECRET": SECRET, **(envs or {}).get(k, {})}
         if files and k in files:
             data = ["--data", str(files[k]), "--rng-id", str(k)]
         else:

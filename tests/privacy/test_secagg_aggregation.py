@@ -9,7 +9,7 @@ import torch
 from fedge.errors import ConfigError
 from fedge.fl.aggregators import Median, NormBound
 from fedge.fl.strategy import FedAvg, FedAvgM, FedNova, FedOpt, FedProx, Scaffold
-from fedge.fl.types import ClientUpdate, flatten
+from fedge.fl.types import ClientTask, ClientUpdate, flatten
 from fedge.models.spec import build_model
 from fedge.privacy import DPFedAvg
 from fedge.privacy.secagg import SecAggSettings, SecureAggregation, find_parameters
@@ -201,3 +201,26 @@ def test_robust_aggregator_in_the_experiment_file_is_refused(digits):
         prepare(
             digits(strategy={"name": "fedavg", "aggregator": {"name": "median"}}, privacy=SECURE)
         )
+
+
+def test_the_sum_path_does_not_depend_on_the_order_params_arrive_in():
+    # a device reads the model from safetensors, whose tensors come in the file's order
+    strategy = Scaffold(num_clients=20)
+    state = strategy.init(W)
+    updates = _updates(extras=True)
+    expected = strategy.aggregate(state, updates)
+    task = strategy.client_task(state)
+    reordered = ClientTask(
+        round=task.round,
+        params={k: task.params[k] for k in reversed(list(task.params))},
+        extras=task.extras,
+    )
+    sums = None
+    for u in updates:
+        weight = u.num_samples / max(SAMPLES)
+        parts = strategy.secure_parts(reordered, u, weight)
+        sums = parts if sums is None else {k: sums[k] + v for k, v in parts.items()}
+    got = strategy.apply_sums(state, sums, len(updates))
+    for key in W:
+        assert torch.allclose(got.params[key], expected.params[key], atol=1e-6)
+        assert torch.allclose(got.extras["c"][key], expected.extras["c"][key], atol=1e-6)

@@ -40,8 +40,8 @@ from fedge.fl.types import (
     Params,
     ServerState,
     clone_params,
-    flatten,
-    unflatten,
+    flatten_by_name,
+    unflatten_by_name,
 )
 
 if TYPE_CHECKING:
@@ -154,8 +154,8 @@ class Strategy:
     ) -> dict[str, torch.Tensor]:
         """What one client adds to the round's sum: ω·Δ and ω, for its weight ω in (0, 1]
         (``clip_norm`` is for strategies that clip on the client, i.e. DP)."""
-        mine = flatten({k: update.params[k] for k in task.params}).to(torch.float64)
-        delta = mine - flatten(task.params).to(torch.float64)
+        mine = flatten_by_name(update.params, task.params).to(torch.float64)
+        delta = mine - flatten_by_name(task.params).to(torch.float64)
         return {
             "delta": delta * weight,
             "weight": torch.tensor([weight], dtype=torch.float64),
@@ -169,7 +169,7 @@ class Strategy:
         total = float(sums["weight"][0])
         if not total > 0:
             raise FedgeError("the round's summed weight is not positive: nothing to average")
-        return self.apply_delta(state, unflatten(sums["delta"] / total, state.params))
+        return self.apply_delta(state, unflatten_by_name(sums["delta"] / total, state.params))
 
     # --- client half ------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ from fedge.errors import ConfigError, FedgeError
 from fedge.fl.aggregators import Aggregator
 from fedge.fl.server_opt import ServerOptimizer
 from fedge.fl.strategy.base import Strategy
-from fedge.fl.types import ClientTask, ClientUpdate, Params, ServerState, unflatten
+from fedge.fl.types import ClientTask, ClientUpdate, Params, ServerState, unflatten_by_name
 
 __all__ = ["FedNova", "local_step_norm"]
 
@@ -115,5 +115,5 @@ class FedNova(Strategy):
         if not total > 0:
             raise FedgeError("the round's summed weight is not positive: nothing to average")
         tau_eff = float(sums["weighted_norm"][0]) / total
-        direction = unflatten(sums["delta"] * (tau_eff / total), state.params)
+        direction = unflatten_by_name(sums["delta"] * (tau_eff / total), state.params)
         return self.apply_delta(state, direction)

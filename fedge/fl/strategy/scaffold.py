@@ -24,7 +24,14 @@ from fedge.errors import ConfigError
 from fedge.fl.aggregators import Aggregator
 from fedge.fl.server_opt import ServerOptimizer
 from fedge.fl.strategy.base import Strategy
-from fedge.fl.types import ClientTask, ClientUpdate, Params, ServerState, flatten, unflatten
+from fedge.fl.types import (
+    ClientTask,
+    ClientUpdate,
+    Params,
+    ServerState,
+    flatten_by_name,
+    unflatten_by_name,
+)
 
 if TYPE_CHECKING:
     from fedge.fl.local import LocalTraining
@@ -132,7 +139,7 @@ class Scaffold(Strategy):
     ) -> dict[str, torch.Tensor]:
         parts = super().secure_parts(task, update, weight, clip_norm)
         delta_c = update.extras["delta_c"]
-        parts["delta_c"] = flatten({k: delta_c[k] for k in task.params}).to(torch.float64)
+        parts["delta_c"] = flatten_by_name(delta_c, task.params).to(torch.float64)
         return parts
 
     def apply_sums(
@@ -140,6 +147,6 @@ class Scaffold(Strategy):
     ) -> ServerState:
         new = super().apply_sums(state, sums, count)
         c = state.extras["c"]
-        step = unflatten(sums["delta_c"] / self.num_clients, c)
+        step = unflatten_by_name(sums["delta_c"] / self.num_clients, c)
         c = {k: c[k] + step[k] for k in c}
         return replace(new, extras={**new.extras, "c": c})

@@ -64,6 +64,7 @@ class SecAggSettings:
     degree: int | None = None
     threshold: int | None = None
     simulated_dropout: float = 0.0
+    stage_seconds: float = 60.0
 
     def graph(self, clients: int) -> GraphParameters:
         """k and t for a cohort of ``clients`` (found, or as configured)."""

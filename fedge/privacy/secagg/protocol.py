@@ -339,15 +339,18 @@ class _Collected:
 class SecAggServer:
     """The server's side of one secure round.
 
-    ``cohort`` are the clients invited; ``degree`` the graph degree k; ``graph_seed``
-    draws the ring order, so that a server that replays the messages it stored rebuilds
-    the same round. Each ``receive_*`` validates and records one client's message for the
-    open stage; ``close_*`` ends that stage with whoever answered.
+    ``cohort`` are the clients invited (``None``: the caller admits clients itself, as
+    the deployment server does with its round's tasks); ``degree`` the graph degree k;
+    ``graph_seed`` draws the ring order, so that a server that replays the messages it
+    stored rebuilds the same round. Each ``receive_*`` validates and records one client's
+    message for the open stage; ``close_*`` ends that stage with whoever answered.
     """
 
-    def __init__(self, setup: RoundSetup, cohort: Iterable[str], degree: int, graph_seed: int):
+    def __init__(
+        self, setup: RoundSetup, cohort: Iterable[str] | None, degree: int, graph_seed: int
+    ):
         self.setup = setup
-        self.cohort = frozenset(cohort)
+        self.cohort = None if cohort is None else frozenset(cohort)
         self.degree = degree
         self.graph_seed = graph_seed
         self.stage = "advertise"
@@ -390,7 +393,7 @@ class SecAggServer:
     # --- advertise ----------------------------------------------------------------------
 
     def receive_keys(self, who: str, keys: PublicKeys) -> None:
-        self._expect("advertise", who, self.cohort)
+        self._expect("advertise", who, self.cohort if self.cohort is not None else {who})
         if who in self._got.keys:
             raise SecAggRefused(f"client {who} already advertised its keys")
         known = {k for pk in self._got.keys.values() for k in (pk.channel, pk.mask)}
