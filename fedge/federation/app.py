@@ -11,7 +11,7 @@
 ``GET /v1/events``                          the same as server-sent events, on change
 ``GET /``                                   the dashboard
 ``GET /client``                             the browser client (TensorFlow.js), and its
-                                            scripts at ``GET /client/{name}``
+                                            scripts and wasm files at ``GET /client/{name}``
 ``GET /v1/health``                          liveness
 ==========================================  ================================================
 
@@ -32,6 +32,7 @@ import json
 import logging
 import os
 import pathlib
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from importlib import resources
 from typing import Annotated, Any
@@ -62,14 +63,34 @@ log = logging.getLogger("fedge.server")
 _JSON_LIMIT = 64 << 10
 _NUMBER = r"^[0-9]{1,9}$"
 _MAX_HOLD = 30.0
+_RECENT_DEVICES = 50
 #: The browser client's files: its page and ES modules in ``web/`` of the source tree (or
-#: ``$FEDGE_WEB_DIR``), TensorFlow.js from ``web/node_modules`` (``npm ci --prefix web``).
+#: ``$FEDGE_WEB_DIR``), TensorFlow.js and its WebAssembly backend from ``web/node_modules``
+#: (``npm ci --prefix web``).
 _SCRIPT = r"^[a-z][a-z_.]{0,40}\.js$"
+_CLIENT_NAME = r"^[a-z][a-z0-9_.-]{0,60}$"
 _TFJS = "tf.fesm.min.js"
 _TFJS_PATH = ("node_modules", "@tensorflow", "tfjs", "dist", _TFJS)
+_WASM_DIST = ("node_modules", "@tensorflow", "tfjs-backend-wasm", "dist")
+_JS = "text/javascript; charset=utf-8"
+#: Third-party files served under /client by name: (path in web/, media type).
+_VENDOR = {
+    _TFJS: (_TFJS_PATH, _JS),
+    "tf-backend-wasm.es2017.min.js": ((*_WASM_DIST, "tf-backend-wasm.es2017.min.js"), _JS),
+    **{
+        name: ((*_WASM_DIST, name), "application/wasm")
+        for name in (
+            "tfjs-backend-wasm.wasm",
+            "tfjs-backend-wasm-simd.wasm",
+            "tfjs-backend-wasm-threaded-simd.wasm",
+        )
+    },
+}
+#: 'wasm-unsafe-eval' lets the page compile WebAssembly (the wasm backend), nothing else.
 _CLIENT_CSP = (
-    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
-    "connect-src 'self' data:; img-src 'self' data:; object-src 'none'; base-uri 'none'"
+    "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; "
+    "style-src 'self' 'unsafe-inline'; connect-src 'self' data:; img-src 'self' data:; "
+    "object-src 'none'; base-uri 'none'"
 )
 
 Scope = MutableMapping[str, Any]
@@ -283,10 +304,67 @@ def create_app(server: FederationServer) -> FastAPI:
         response.status_code = status
         return receipt
 
+    @app.get("/v1/rounds/{round}/secagg", tags=["secure aggregation"], responses=_ERRORS)
+    async def secagg_input(
+        request: Request,
+        round: Annotated[str, Path(pattern=_NUMBER)],
+        wait: Annotated[float, Query(ge=0, le=_MAX_HOLD)] = 0.0,
+    ) -> dict[str, Any]:
+        """The device's input to the open stage of secure round ``round``: its neighbours'
+        keys (``share``), the shares sealed to it (``masked``), the survivor and dropout
+        lists (``confirm``), its neighbours' confirmations (``unmask``); or ``waiting``,
+        ``excluded``, or ``stage: finished`` with the round's status. ``wait`` holds a
+        "waiting" answer until the stage changes (a long poll, at most 30 s)."""
+        device = device_of(request)
+        return await server.secure_input(device, int(round), hold=wait)
+
+    @app.post(
+        "/v1/rounds/{round}/secagg/{stage}",
+        tags=["secure aggregation"],
+        status_code=201,
+        responses={200: {"description": "a retry of the same message"}, **_ERRORS},
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {"schema": {"type": "object"}},
+                    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+                },
+            }
+        },
+    )
+    async def secagg_post(
+        request: Request,
+        response: Response,
+        round: Annotated[str, Path(pattern=_NUMBER)],
+        stage: Annotated[str, Path(pattern="^(advertise|share|masked|confirm|unmask)$")],
+    ) -> dict[str, Any]:
+        """The device's message for ``stage`` (JSON; the masked vector as raw
+        little-endian integers). 201: stored durably; 200: the same message before."""
+        device = device_of(request)
+        request.state.device = device
+        body = await request.body()
+        response.status_code = await server.secure_post(device, int(round), stage, body)
+        return {"round": int(round), "stage": stage, "duplicate": response.status_code == 200}
+
+    def full_status() -> dict[str, Any]:
+        """The server's status with the most recently seen devices and their kind."""
+        answer = server.status()
+        seen = server.last_seen
+        recent = sorted(server.devices.values(), key=lambda d: -seen.get(d.id, 0.0))
+        # Whole seconds: the event stream sends the status only when it changes.
+        answer["devices"]["recent"] = [
+            {"id": d.id, "kind": d.kind, "last_seen": round(seen[d.id]) if d.id in seen else None}
+            for d in recent[:_RECENT_DEVICES]
+        ]
+        return answer
+
     @app.get("/v1/status", tags=["dashboard"])
     async def status() -> dict[str, Any]:
-        """The state of the federation: round, devices, history, recent refusals."""
-        return server.status()
+        """The state of the federation: round, devices (counts by kind, and the most
+        recently seen devices with their kind: ``python`` or ``browser``), history, recent
+        refusals."""
+        return full_status()
 
     @app.get(
         "/v1/events",
@@ -301,7 +379,7 @@ def create_app(server: FederationServer) -> FastAPI:
             last = None
             quiet = 0.0
             while not server.stopping and not await request.is_disconnected():
-                text = json.dumps(server.status())
+                text = json.dumps(full_status())
                 if text != last or quiet >= 15:
                     yield f"data: {text}\n\n" if text != last else ": keep-alive\n\n"
                     last, quiet = text, 0.0
@@ -335,18 +413,26 @@ def create_app(server: FederationServer) -> FastAPI:
         tags=["browser client"],
         response_class=Response,
         responses={
-            200: {"content": {"text/javascript": {}}, "description": "an ES module"},
+            200: {
+                "content": {"text/javascript": {}, "application/wasm": {}},
+                "description": "an ES module, or a WebAssembly binary",
+            },
             304: {"description": "unchanged (If-None-Match)"},
             404: {"model": ErrorBody, "description": "no such script"},
             503: {"model": ErrorBody, "description": "the browser client is not installed"},
         },
     )
     def browser_client_script(
-        request: Request, name: Annotated[str, Path(pattern=_SCRIPT)]
+        request: Request, name: Annotated[str, Path(pattern=_CLIENT_NAME)]
     ) -> Response:
-        """The browser client's ES modules, and TensorFlow.js as ``tf.fesm.min.js``."""
-        path = pathlib.Path(*_TFJS_PATH) if name == _TFJS else pathlib.Path("src", name)
-        return _web_file(request, str(path), "text/javascript; charset=utf-8")
+        """The browser client's ES modules; TensorFlow.js as ``tf.fesm.min.js``; its
+        WebAssembly backend as ``tf-backend-wasm.es2017.min.js`` and its ``.wasm`` files."""
+        if name in _VENDOR:
+            parts, media_type = _VENDOR[name]
+            return _web_file(request, str(pathlib.Path(*parts)), media_type)
+        if not re.fullmatch(_SCRIPT, name):
+            return _error(404, f"no browser client file {name}")
+        return _web_file(request, str(pathlib.Path("src", name)), _JS)
 
     def limit_for(path: str) -> int:
         return server.max_upload_bytes if path.startswith("/v1/rounds/") else _JSON_LIMIT

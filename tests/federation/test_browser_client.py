@@ -6,6 +6,7 @@ import base64
 import json
 import shutil
 import struct
+import zlib
 from pathlib import Path
 from urllib.parse import quote
 
@@ -36,6 +37,7 @@ from fedge.models.spec import build_model, load_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 TFJS = ROOT / "web" / "node_modules" / "@tensorflow" / "tfjs" / "dist" / "tf.fesm.min.js"
+WASM = ROOT / "web" / "node_modules" / "@tensorflow" / "tfjs-backend-wasm" / "dist"
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 
 # Every layer type of the spec, odd sizes (H ≠ W, C > 1 before a flatten) so that a wrong
@@ -107,10 +109,9 @@ const args = Array.from(arguments).slice(0, -1);
   };
   const f32 = (s) => new Float32Array(b64(s).buffer);
   const backend = "%s";
-  const ready = await tf.setBackend(backend).catch(() => false);
-  if (!ready || (backend === "webgl" && !tf.env().getBool("WEBGL_RENDER_FLOAT32_CAPABLE"))) {
-    return { unavailable: backend };
-  }
+  const { useBackend } = await import("/client/backends.js");
+  const why = [];
+  if (!(await useBackend(tf, backend, (m) => why.push(m)))) return { unavailable: why.join("; ") };
   %s
 })().then(done, (e) => done({ error: String((e && e.stack) || e) }));
 """
@@ -122,7 +123,9 @@ def run_js(browser, body, *args, backend="cpu"):
     if isinstance(result, dict) and "error" in result:
         raise AssertionError(f"in the browser: {result['error']}")
     if isinstance(result, dict) and "unavailable" in result:
-        pytest.skip(f"this Chromium has no float32 WebGL for the {backend} backend")
+        if backend != "webgl":  # cpu and wasm ship with the client: they must work
+            raise AssertionError(f"in the browser: {result['unavailable']}")
+        pytest.skip(f"this Chromium has no float32 WebGL ({result['unavailable']})")
     return result
 
 
@@ -138,8 +141,8 @@ def unb64(text: str) -> bytes:
     return base64.b64decode(text)
 
 
-@pytest.fixture(scope="module")
-def chromium():
+def start_chromium():
+    """A headless Chromium with its own fresh profile (its own storage: its own device)."""
     if CHROMIUM is None or DRIVER is None:
         pytest.skip("needs Debian's chromium and chromium-driver (apt-get install them)")
     if not TFJS.is_file():
@@ -162,6 +165,12 @@ def chromium():
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(DRIVER), options=options)
     driver.set_script_timeout(120)
+    return driver
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    driver = start_chromium()
     yield driver
     driver.quit()
 
@@ -193,7 +202,7 @@ def origin(tmp_path_factory):
 def page(origin, browser):
     """The browser on the client page of ``origin``."""
     browser.get(origin.url + "/client")
-    wait_for(browser, "backend", lambda text: "TensorFlow.js" in text)
+    wait_for(browser, "backend", lambda text: "TensorFlow.js" in text and " on " in text)
     return origin
 
 
@@ -220,17 +229,52 @@ def wait_for(browser, element_id, predicate, timeout=60):
     return text_of(browser, element_id)
 
 
-def join(browser, url, data: Path, *, secret: str | None = SECRET):
-    """Open the client page, type the secret, pick the examples file, press the button."""
+def join(browser, url, data: Path, *, secret: str | None = SECRET, field: str = "data-file"):
+    """Open the client page, type the secret, pick the examples (a file, or a folder with
+    ``field="data-folder"``), press the button."""
     from selenium.webdriver.common.by import By
 
     browser.get(url + "/client")
-    wait_for(browser, "backend", lambda text: "TensorFlow.js" in text)
+    wait_for(browser, "backend", lambda text: "TensorFlow.js" in text and " on " in text)
     if secret is not None:
         browser.find_element(By.ID, "secret").send_keys(secret)
-    browser.find_element(By.ID, "data-file").send_keys(str(data))
+    browser.find_element(By.ID, field).send_keys(str(data))
     wait_for(browser, "data-info", lambda text: "examples" in text and "no examples" not in text)
     browser.find_element(By.ID, "start").click()
+
+
+def png(pixels: np.ndarray) -> bytes:
+    """A PNG file of 8-bit ``pixels``: (H, W) grey, (H, W, 3) RGB or (H, W, 4) RGBA (no
+    colour profile or gamma chunk: a browser decodes it to exactly these values)."""
+    pixels = np.ascontiguousarray(pixels, dtype=np.uint8)
+    h, w = pixels.shape[:2]
+    colour = 0 if pixels.ndim == 2 else {3: 2, 4: 6}[pixels.shape[2]]  # grey, RGB, RGBA
+    raw = b"".join(b"\x00" + row.tobytes() for row in pixels.reshape(h, -1))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    header = struct.pack(">IIBBBBB", w, h, 8, colour, 0, 0, 0)
+    return b"".join(
+        (
+            b"\x89PNG\r\n\x1a\n",
+            chunk(b"IHDR", header),
+            chunk(b"IDAT", zlib.compress(raw)),
+            chunk(b"IEND", b""),
+        )
+    )
+
+
+def image_folder(folder: Path, x: np.ndarray, y: np.ndarray) -> Path:
+    """Examples (n, 1, H, W) in [0, 1] as 8-bit grey PNGs and a labels.csv in ``folder``."""
+    folder.mkdir(parents=True)
+    lines = ["filename,label"]
+    for i, (image, label) in enumerate(zip(x, y, strict=True)):
+        (folder / f"{i:04d}.png").write_bytes(png(np.rint(image[0] * 255)))
+        lines.append(f"{i:04d}.png,{int(label)}")
+    (folder / "labels.csv").write_text("\n".join(lines) + "\n")
+    return folder
 
 
 def partition(config_path: Path, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -265,7 +309,7 @@ def js_logits(browser, spec, model_file: bytes, x: torch.Tensor, backend="cpu"):
 
 @pytest.mark.parametrize(
     ("name", "backend"),
-    [("logreg", "cpu"), ("mlp", "cpu"), ("cnn", "cpu"), ("cnn", "webgl")],
+    [("logreg", "cpu"), ("mlp", "cpu"), ("cnn", "cpu"), ("cnn", "webgl"), ("cnn", "wasm")],
 )
 def test_tfjs_forward_equals_pytorch(page, browser, name, backend):
     spec = SPECS[name]
@@ -361,7 +405,13 @@ return { update: to64(update), state: own2 && to64(st.encodeModel({}, own2, 0)) 
 
 @pytest.mark.parametrize(
     ("name", "backend"),
-    [("fedavg", "cpu"), ("fedprox", "cpu"), ("scaffold", "cpu"), ("scaffold", "webgl")],
+    [
+        ("fedavg", "cpu"),
+        ("fedprox", "cpu"),
+        ("scaffold", "cpu"),
+        ("scaffold", "webgl"),
+        ("fedprox", "wasm"),
+    ],
 )
 def test_local_sgd_and_client_half_equal_pytorch(page, browser, name, backend):
     """PyTorch's batches (its random permutations, handed to the browser), SGD with
@@ -538,27 +588,59 @@ def test_safetensors_round_trip_between_python_and_the_browser(page, browser):
 # --- the page in a federation ------------------------------------------------------------
 
 
-def test_browser_and_python_devices_train_one_federation(federation, browser, tmp_path):
-    """FedAvg, two rounds: two `fedge client` processes and the page (its examples an
-    .npz picked in the file dialog) are all in each round's aggregate."""
-    server = federation(experiment(name="browser-mixed", rounds=2))
+@pytest.fixture
+def second_browser(chromium):
+    """Another headless Chromium, with its own profile: a second browser device."""
+    driver = start_chromium()
+    yield driver
+    driver.quit()
+
+
+def test_two_browsers_and_two_python_devices_train_one_federation(
+    federation, browser, second_browser, tmp_path
+):
+    """FedAvg, two rounds, four devices: two `fedge client` processes and two browsers
+    (separate profiles, so separate devices). One browser's examples are an .npz picked
+    in the file dialog, the other's a folder of PNG images with a labels.csv picked in the
+    folder dialog. Every round's aggregate holds both browsers' updates; the status and
+    the dashboard give each device's kind."""
+    data = experiment(name="browser-mixed", rounds=2)
+    data["partition"]["num_clients"] = 4
+    server = federation(data)
     x, y = partition(server.config, 2)
     np.savez(tmp_path / "mine.npz", x=x, y=y)
+    x3, y3 = partition(server.config, 3)
+    folder = image_folder(tmp_path / "my-images", x3, y3)
     clients = start_clients(server, tmp_path / "clients", count=2)
     join(browser, server.url, tmp_path / "mine.npz")
-    wait_for(browser, "status", lambda text: text.startswith("finished"), timeout=240)
+    join(second_browser, server.url, folder, field="data-folder")
+    assert f"{len(y3)} examples (images)" in text_of(second_browser, "data-info")
+    for page_ in (browser, second_browser):
+        wait_for(page_, "status", lambda text: text.startswith("finished"), timeout=240)
     wait_for_clients(clients)
-    device = text_of(browser, "device-id")
-    assert text_of(browser, "accepted") == "2"
-    assert text_of(browser, "error") == ""
-    assert "after training" in text_of(browser, "accuracy")
+    devices = [text_of(b, "device-id") for b in (browser, second_browser)]
+    assert len(set(devices)) == 2
+    for page_ in (browser, second_browser):
+        assert text_of(page_, "accepted") == "2"
+        assert text_of(page_, "error") == ""
+        assert "after training" in text_of(page_, "accuracy")
+        assert text_of(page_, "backend").endswith(" on wasm")  # the default, the fastest
     status = server.status()
     assert status["finished"] and status["model_version"] == 2
-    assert status["devices"]["by_kind"] == {"python": 2, "browser": 1}
+    assert status["devices"]["by_kind"] == {"python": 2, "browser": 2}
+    kinds = {d["id"]: d["kind"] for d in status["devices"]["recent"]}
+    assert len(kinds) == 4 and sorted(kinds.values()) == ["browser", "browser", "python", "python"]
+    assert all(kinds[d] == "browser" for d in devices)
     rounds = round_records(server.state)
     assert [r["status"] for r in rounds.values()] == ["closed", "closed"]
     for record in rounds.values():
-        assert len(record["devices"]) == 3 and device in record["devices"]
+        assert len(record["devices"]) == 4
+        assert set(devices) <= set(record["devices"])
+    # The dashboard lists each device with its kind.
+    browser.get(server.url + "/")
+    rows = wait_for(browser, "device-list", lambda text: len(text.splitlines()) == 4)
+    shown = dict(line.split()[:2] for line in rows.splitlines())
+    assert shown == kinds
 
 
 def test_scaffold_round_with_a_browser_device(federation, browser, tmp_path):
@@ -700,13 +782,14 @@ def test_the_page_shows_the_servers_refusals(federation, browser, tmp_path):
 # --- serving ---------------------------------------------------------------------------
 
 
-def test_client_files_are_served_with_their_types_and_etags(page):
+def test_client_files_are_served_with_their_types_and_etags(page, browser):
     if not TFJS.is_file():
         pytest.skip("needs TensorFlow.js in web/node_modules: run `npm ci --prefix web`")
     html = httpx.get(f"{page.url}/client")
     assert html.status_code == 200 and html.headers["content-type"].startswith("text/html")
-    assert "default-src 'self'" in html.headers["content-security-policy"]
-    for name in ("main.js", "tf.fesm.min.js"):
+    csp = html.headers["content-security-policy"]
+    assert "default-src 'self'" in csp and "script-src 'self' 'wasm-unsafe-eval';" in csp
+    for name in ("main.js", "tf.fesm.min.js", "tf-backend-wasm.es2017.min.js"):
         script = httpx.get(f"{page.url}/client/{name}")
         assert script.status_code == 200
         assert script.headers["content-type"].startswith("text/javascript")
@@ -714,8 +797,19 @@ def test_client_files_are_served_with_their_types_and_etags(page):
             f"{page.url}/client/{name}", headers={"If-None-Match": script.headers["etag"]}
         )
         assert again.status_code == 304
-    assert httpx.get(f"{page.url}/client/nothing.js").status_code == 404
-    assert httpx.get(f"{page.url}/client/..%2Fpackage.json").status_code in (400, 404)
+    for name in sorted(p.name for p in WASM.glob("*.wasm")):
+        binary = httpx.get(f"{page.url}/client/{name}")
+        assert binary.status_code == 200 and binary.headers["content-type"] == "application/wasm"
+        assert binary.content == (WASM / name).read_bytes()
+    # The page runs on wasm, and everything it loaded came from this server.
+    assert text_of(browser, "backend").endswith(" on wasm")
+    loaded = browser.execute_script(
+        "return performance.getEntriesByType('resource').map((e) => e.name)"
+    )
+    assert any(url.endswith("/client/tfjs-backend-wasm-simd.wasm") for url in loaded), loaded
+    assert all(url.startswith(page.url + "/") for url in loaded), loaded
+    for name in ("nothing.js", "nothing.wasm", "package.json", "..%2Fpackage.json"):
+        assert httpx.get(f"{page.url}/client/{name}").status_code in (400, 404), name
 
 
 def test_client_page_without_tensorflow_js_says_how_to_install(federation, tmp_path, monkeypatch):
@@ -725,3 +819,24 @@ def test_client_page_without_tensorflow_js_says_how_to_install(federation, tmp_p
         answer = httpx.get(server.url + path)
         assert answer.status_code == 503
         assert "npm ci --prefix web" in answer.json()["error"]
+
+
+def test_without_the_wasm_backend_the_page_falls_back(federation, browser, tmp_path, monkeypatch):
+    """A web folder whose node_modules lacks @tensorflow/tfjs-backend-wasm: the page says
+    why and trains on the next backend; ``#backend=cpu`` picks one."""
+    web = tmp_path / "web"
+    (web / "node_modules" / "@tensorflow").mkdir(parents=True)
+    for part in ("client.html", "src"):
+        (web / part).symlink_to(ROOT / "web" / part)
+    (web / "node_modules" / "@tensorflow" / "tfjs").symlink_to(TFJS.parents[1])
+    monkeypatch.setenv("FEDGE_WEB_DIR", str(web))
+    server = federation(experiment(name="browser-no-wasm", rounds=1))
+    assert httpx.get(server.url + "/client/tfjs-backend-wasm-simd.wasm").status_code == 404
+    browser.get(server.url + "/client")
+    shown = wait_for(browser, "backend", lambda text: " on " in text)
+    assert shown.endswith((" on webgl", " on cpu"))
+    assert "backend wasm is not available here: cannot load" in text_of(browser, "log")
+    assert text_of(browser, "error") == ""
+    browser.get(server.url + "/client#backend=cpu")
+    browser.refresh()
+    assert wait_for(browser, "backend", lambda text: " on " in text).endswith(" on cpu")

@@ -333,6 +333,8 @@ def test_every_route_is_in_the_openapi_document(server):
         ("/v1/checkin", "post"),
         ("/v1/models/{version}", "get"),
         ("/v1/rounds/{round}/updates", "post"),
+        ("/v1/rounds/{round}/secagg", "get"),
+        ("/v1/rounds/{round}/secagg/{stage}", "post"),
         ("/v1/status", "get"),
         ("/v1/events", "get"),
         ("/v1/health", "get"),

@@ -217,6 +217,10 @@ export function checkExamples(examples, inputShape, numClasses) {
     );
   }
   const top = examples.y.reduce((a, b) => Math.max(a, b), 0);
-  if (top >= numClasses)
-    throw new DataError(`label ${top} is out of range: the model has ${numClasses} classes`);
+  if (top >= numClasses) {
+    const i = examples.y.indexOf(top);
+    const which = examples.names ? ` (of ${examples.names[i]})` : ` (example ${i})`;
+    const classes = `the model has ${numClasses} classes, labels 0 to ${numClasses - 1}`;
+    throw new DataError(`unknown label ${top}${which}: ${classes}`);
+  }
 }

@@ -5,16 +5,29 @@
 // Parameters, in the URL's fragment (#secret=…&data=…, never sent to the server) or its
 // query: secret (the enrollment secret), data (the URL of an examples file: a data: URL
 // or a file on this server — for demos; the page says so), backend (a TensorFlow.js
-// backend: cpu or webgl; by default webgl where it computes in float32, else cpu), wait (long-poll seconds, default 10). With both
-// examples and credentials from the URL the page starts on its own.
+// backend: wasm, webgl or cpu; by default the fastest that works here, see backends.js),
+// wait (long-poll seconds, default 10). With both examples and credentials from the URL
+// the page starts on its own.
+//
+// The device's examples: an .npz or JSON file (data.js), a folder of images with a
+// labels.csv, or drawings on the page's canvas (images.js).
 
 import * as tf from "./tf.fesm.min.js";
-import { checkExamples, readExamples } from "./data.js";
+import { chooseBackend } from "./backends.js";
+import { DataError, checkExamples, readExamples } from "./data.js";
+import { IMAGE_TYPES, imageExamples, readImageFolder } from "./images.js";
 import { HttpError, Server, Unauthorized } from "./protocol.js";
 import { decodeModel, encodeModel, encodeUpdate } from "./safetensors.js";
 import { SpecModel } from "./spec.js";
 import * as store from "./store.js";
-import { checkTraining, clientHalf, evaluate, shuffler, trainLocal } from "./train.js";
+import {
+  UnsupportedTask,
+  checkTraining,
+  clientHalf,
+  evaluate,
+  shuffler,
+  trainLocal,
+} from "./train.js";
 
 const $ = (id) => document.getElementById(id);
 const query = new URLSearchParams(location.search);
@@ -22,7 +35,8 @@ const fragment = new URLSearchParams(location.hash.slice(1));
 const param = (name) => fragment.get(name) ?? query.get(name);
 const show = (id, text) => ($(id).textContent = text);
 
-let examples = null;
+let examples = null; // {x, y, n, shape, source} or, for images, {n, y, inputs(shape), …}
+const drawings = []; // [{blob, name, label}] drawn on the page
 let identity = store.loadIdentity();
 let running = false; // the loop should go on
 let looping = false; // the loop is running (it ends after its current step)
@@ -113,11 +127,35 @@ async function loadOwnState(model) {
   }
 }
 
+// The examples as the model's input: images are decoded and resized once per shape.
+async function inputsFor(model) {
+  if (!examples.inputs) return examples;
+  show("status", `preparing ${examples.n} images for the model's input [${model.inputShape}]`);
+  return examples.inputs(model.inputShape, (done, n) =>
+    show("status", `preparing images: ${done} of ${n}`),
+  );
+}
+
+// The examples this page trains on now (for the tests): their values as the model with
+// `inputShape` takes them.
+export async function currentExamples(inputShape) {
+  if (!examples) return null;
+  const data = examples.inputs ? await examples.inputs(inputShape) : examples;
+  const kind = examples.kind ?? "array";
+  return { x: data.x, y: data.y, n: data.n, source: examples.source, kind };
+}
+
 async function train(task) {
+  if (task.secure_aggregation)
+    throw new UnsupportedTask(
+      "this round uses secure aggregation (SecAgg+), which the browser client cannot take " +
+        "part in yet; Python clients can",
+    );
   const half = clientHalf(task.strategy);
   const training = checkTraining(task.training);
   const model = modelFor(task.spec);
-  checkExamples(examples, model.inputShape, model.numClasses);
+  const data = await inputsFor(model);
+  checkExamples(data, model.inputShape, model.numClasses);
   show("round", `${task.round} (training round ${task.training_round})`);
   show("strategy", half.name);
   show("status", `round ${task.round}: downloading model version ${task.model_version}`);
@@ -139,26 +177,26 @@ async function train(task) {
     }
     const clientState = half.scaffold ? await loadOwnState(model) : null;
     if (clientState) keep.push(clientState.c);
-    const x = model.inputs(examples.x, examples.n);
+    const x = model.inputs(data.x, data.n);
     keep.push(x);
-    const before = await evaluate(tf, model, weights, x, examples.y, examples.n);
+    const before = await evaluate(tf, model, weights, x, data.y, data.n);
     log(
-      `round ${task.round}: model version ${task.model_version} has accuracy ${(100 * before.accuracy).toFixed(1)}% on your ${examples.n} examples`,
+      `round ${task.round}: model version ${task.model_version} has accuracy ${(100 * before.accuracy).toFixed(1)}% on your ${data.n} examples`,
     );
     show("accuracy", `${(100 * before.accuracy).toFixed(1)}% before training`);
-    show("status", `round ${task.round}: training on ${examples.n} examples`);
+    show("status", `round ${task.round}: training on ${data.n} examples`);
     const started = performance.now();
     const result = await trainLocal(tf, {
       model,
       weights,
       x,
-      y: examples.y,
-      n: examples.n,
+      y: data.y,
+      n: data.n,
       training,
       half,
       extras,
       clientState,
-      order: shuffler(task.seed, task.training_round, identity.device_id, examples.n),
+      order: shuffler(task.seed, task.training_round, identity.device_id, data.n),
       progress: ({ step, steps, epoch, loss }) => {
         show("progress", `epoch ${epoch} of ${training.epochs}, step ${step} of ${steps}`);
         $("progress-bar").max = steps;
@@ -168,7 +206,7 @@ async function train(task) {
     });
     keep.push(result.weights, Object.values(result.extras), result.clientState?.c ?? []);
     const seconds = (performance.now() - started) / 1000;
-    const after = await evaluate(tf, model, result.weights, x, examples.y, examples.n);
+    const after = await evaluate(tf, model, result.weights, x, data.y, data.n);
     show("loss", `${result.metrics.train_loss.toFixed(4)} (mean over the round)`);
     show(
       "accuracy",
@@ -184,7 +222,7 @@ async function train(task) {
       {
         params: model.toTorch(result.weights),
         extras: extrasOut,
-        numSamples: examples.n,
+        numSamples: data.n,
         numSteps: result.numSteps,
         metrics: result.metrics,
       },
@@ -297,39 +335,129 @@ async function run() {
 
 // ---- set-up --------------------------------------------------------------------------
 
-async function useExamples(bytes, source, demo = false) {
+function describe(set, demo) {
+  const info = $("data-info");
+  info.textContent = "";
+  const what = set.kind === "images" ? "images" : `examples of shape [${set.shape}]`;
+  const count = set.kind === "images" ? `${set.n} examples (${what})` : `${set.n} ${what}`;
+  info.append(`${count} from ${set.source}`);
+  if (set.kind === "images") {
+    const classes = new Set(set.y).size;
+    const plural = classes > 1 ? "es" : "";
+    info.append(` in ${classes} class${plural}; resized to the model's input when a round starts`);
+  }
+  if (set.note) info.append(`. ${set.note}`);
+  if (demo) {
+    const tag = document.createElement("span");
+    tag.className = "demo";
+    tag.textContent = "demo data from the page's URL, not this device's own";
+    info.append(" ", tag);
+  }
+}
+
+// Use the examples that `read()` gives (a promise); on failure keep none and say why.
+async function useExamples(read, source, demo = false) {
   try {
-    examples = await readExamples(bytes, source);
-    const label = demo ? " <span class=demo>demo data from the page's URL</span>" : "";
-    $("data-info").innerHTML = "";
-    $("data-info").append(`${examples.n} examples of shape [${examples.shape}] from ${source}`);
-    if (demo) $("data-info").insertAdjacentHTML("beforeend", label);
+    examples = await read();
+    describe(examples, demo);
     showError("");
   } catch (err) {
     examples = null;
     $("data-info").textContent = "no examples";
-    showError(`Cannot read ${source}: ${err.message}`);
+    showError(`Cannot use ${source}: ${err.message}`);
   }
   refreshButtons();
 }
 
-// WebGL when the browser renders float32 textures (training in full precision), else the
-// plain JavaScript backend; `wanted` forces one ("cpu" or "webgl").
-async function chooseBackend(wanted) {
-  const usable = async (name) => {
-    try {
-      if (!(await tf.setBackend(name))) return false;
-      await tf.ready();
-      return name !== "webgl" || tf.env().getBool("WEBGL_RENDER_FLOAT32_CAPABLE");
-    } catch {
-      return false;
-    }
+// Files from the file dialog or the folder dialog: one .npz or JSON file, or images with
+// a labels.csv.
+function useFiles(fileList) {
+  const files = Array.from(fileList);
+  if (!files.length) return null;
+  const images = files.some((f) => IMAGE_TYPES.test(f.name) || /\.csv$/i.test(f.name));
+  if (images) return useExamples(() => readImageFolder(files), "the picked images");
+  if (files.length > 1) {
+    return useExamples(async () => {
+      throw new DataError(
+        `${files.length} files picked: pick one .npz or .json file, or images with a labels.csv`,
+      );
+    }, "the picked files");
+  }
+  const [file] = files;
+  return useExamples(
+    async () => readExamples(new Uint8Array(await file.arrayBuffer()), file.name),
+    file.name,
+  );
+}
+
+// ---- drawing examples -----------------------------------------------------------------
+
+// A canvas to draw on in white over black (as MNIST and Fashion-MNIST images are); each
+// drawing, with its label, is an image example (resized to the model's input like a file).
+function setUpDrawing() {
+  const pad = $("pad");
+  const ctx = pad.getContext("2d");
+  const clear = () => {
+    ctx.fillStyle = "#000";
+    ctx.fillRect(0, 0, pad.width, pad.height);
+    pad.dataset.ink = "0";
   };
-  if (wanted !== "auto" && (await usable(wanted))) return;
-  if (wanted !== "auto") log(`backend ${wanted} is not available here`);
-  if (wanted !== "cpu" && (await usable("webgl"))) return;
-  await tf.setBackend("cpu");
-  await tf.ready();
+  clear();
+  let last = null;
+  const at = (event) => {
+    const box = pad.getBoundingClientRect();
+    return [
+      ((event.clientX - box.left) * pad.width) / box.width,
+      ((event.clientY - box.top) * pad.height) / box.height,
+    ];
+  };
+  const stroke = (to) => {
+    ctx.strokeStyle = "#fff";
+    ctx.fillStyle = "#fff";
+    ctx.lineWidth = pad.width / 12;
+    ctx.lineCap = ctx.lineJoin = "round";
+    ctx.beginPath();
+    ctx.moveTo(...(last ?? to));
+    ctx.lineTo(...to);
+    ctx.stroke();
+    last = to;
+    pad.dataset.ink = "1";
+  };
+  pad.addEventListener("pointerdown", (event) => {
+    pad.setPointerCapture(event.pointerId);
+    last = null;
+    stroke(at(event));
+  });
+  pad.addEventListener("pointermove", (event) => {
+    if (pad.hasPointerCapture(event.pointerId)) stroke(at(event));
+  });
+  pad.addEventListener("pointerup", () => (last = null));
+  $("pad-clear").addEventListener("click", clear);
+  $("pad-add").addEventListener("click", async () => {
+    const label = $("pad-label").value.trim();
+    if (!/^\d{1,9}$/.test(label)) {
+      const got = JSON.stringify(label);
+      showError(`Label the drawing with its class number (0, 1, 2, …), not ${got}.`);
+      return;
+    }
+    if (pad.dataset.ink !== "1") {
+      showError("Draw something first.");
+      return;
+    }
+    const blob = await new Promise((resolve) => pad.toBlob(resolve, "image/png"));
+    drawings.push({ blob, name: `drawing ${drawings.length + 1}`, label: Number(label) });
+    clear();
+    show("pad-count", `${drawings.length} drawn`);
+    await useExamples(
+      async () =>
+        imageExamples(
+          drawings.map(({ blob: b, name }) => ({ blob: b, name })),
+          drawings.map((d) => d.label),
+          "your drawings",
+        ),
+      "the drawings",
+    );
+  });
 }
 
 async function main() {
@@ -345,16 +473,16 @@ async function main() {
       `${location.pathname}${search}${fragment.size ? `#${fragment}` : ""}`,
     );
   }
-  await chooseBackend(param("backend") ?? "auto");
-  show("backend", `TensorFlow.js ${tf.version.tfjs} on ${tf.getBackend()}`);
+  show("backend", "choosing a backend");
+  const backend = await chooseBackend(tf, param("backend") ?? "auto", log);
+  show("backend", `TensorFlow.js ${tf.version.tfjs} on ${backend}`);
   showDevice();
   if (identity) log(`resuming as device ${identity.device_id}`);
   show("status", identity ? "enrolled; pick your examples to train" : "not enrolled");
   $("secret").addEventListener("input", refreshButtons);
-  $("data-file").addEventListener("change", async () => {
-    const file = $("data-file").files[0];
-    if (file) await useExamples(new Uint8Array(await file.arrayBuffer()), file.name);
-  });
+  for (const id of ["data-file", "data-folder"])
+    $(id).addEventListener("change", () => useFiles($(id).files));
+  setUpDrawing();
   $("start").addEventListener("click", () => {
     showError("");
     run();
@@ -367,17 +495,16 @@ async function main() {
   $("join").addEventListener("submit", (event) => event.preventDefault());
   const url = param("data");
   if (url) {
-    try {
-      const response = await fetch(url, { cache: "no-store" });
-      if (!response.ok) throw new Error(`${response.status} ${response.statusText}`);
-      await useExamples(
-        new Uint8Array(await response.arrayBuffer()),
-        url.startsWith("data:") ? "a data: URL" : url,
-        true,
-      );
-    } catch (err) {
-      showError(`Cannot load the examples at ${url}: ${err.message}`);
-    }
+    const source = url.startsWith("data:") ? "a data: URL" : url;
+    await useExamples(
+      async () => {
+        const response = await fetch(url, { cache: "no-store" });
+        if (!response.ok) throw new Error(`${response.status} ${response.statusText}`);
+        return readExamples(new Uint8Array(await response.arrayBuffer()), source);
+      },
+      `the examples at ${source}`,
+      true,
+    );
     if (examples && (identity || $("secret").value)) run();
   }
   refreshButtons();
