@@ -33,7 +33,7 @@ changed, and its client half is passed through untouched.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
@@ -42,7 +42,7 @@ import torch
 
 from fedge.errors import ConfigError, FedgeError
 from fedge.fl.aggregators import NormBound, Weighted, WeightedMean
-from fedge.fl.strategy import FedNova, Scaffold, Strategy
+from fedge.fl.strategy import FedNova, Scaffold, Strategy, Wrapper
 from fedge.fl.types import (
     ClientTask,
     ClientUpdate,
@@ -56,7 +56,7 @@ from fedge.fl.types import (
 from fedge.privacy.clipping import AdaptiveClipping, sum_noise_multiplier
 
 if TYPE_CHECKING:
-    from fedge.fl.local import LocalTraining
+    pass
 
 __all__ = ["ClipTally", "DPFedAvg", "GaussianSum", "add_noise", "noise_generator"]
 
@@ -145,7 +145,7 @@ def add_noise(total: torch.Tensor, std: float, seed: int, round: int) -> None:
         total.add_(noise, alpha=std)
 
 
-class DPFedAvg(Strategy):
+class DPFedAvg(Wrapper):
     """A strategy with DP-FedAvg's clipping and noise on its aggregation.
 
     Parameters
@@ -184,8 +184,7 @@ class DPFedAvg(Strategy):
             raise ConfigError(f"noise multiplier must be >= 0, got {noise_multiplier}")
         if expected_clients < 1:
             raise ConfigError(f"expected clients must be >= 1, got {expected_clients}")
-        super().__init__(aggregator=inner.aggregator, server_optimizer=inner.server_optimizer)
-        self.inner = inner
+        super().__init__(inner)
         self.noise_multiplier = noise_multiplier
         self.expected_clients = expected_clients
         self.seed = seed
@@ -203,15 +202,6 @@ class DPFedAvg(Strategy):
     def __repr__(self) -> str:
         clip = f"adaptive={self.adaptive!r}" if self.adaptive else f"clip_norm={self.clip_norm}"
         return f"DPFedAvg({self.inner!r}, noise_multiplier={self.noise_multiplier}, {clip})"
-
-    @property
-    def name(self) -> str:
-        """The wrapped strategy's name."""
-        return self.inner.name
-
-    @property
-    def accepts_partial_work(self) -> bool:
-        return self.inner.accepts_partial_work
 
     # --- server half ------------------------------------------------------------------
 
@@ -243,14 +233,6 @@ class DPFedAvg(Strategy):
         inner.aggregator = query
         return inner, tally, clip
 
-    def client_task(self, state: ServerState) -> ClientTask:
-        return self.inner.client_task(state)
-
-    def client_deltas(
-        self, state: ServerState, updates: Iterable[ClientUpdate]
-    ) -> Iterator[tuple[Params, float]]:
-        return self.inner.client_deltas(state, updates)
-
     def combine(self, state: ServerState, updates: Iterable[ClientUpdate]) -> Params:
         """The round's noisy average delta (before the server optimizer)."""
         inner, _, _ = self._for_round(state)
@@ -273,9 +255,6 @@ class DPFedAvg(Strategy):
         return replace(new, extras={**new.extras, "dp": dp})
 
     # --- sum path: the client clips, the server adds the noise to the unmasked sum -----
-
-    def check_sum_path(self) -> None:
-        self.inner.check_sum_path()
 
     def sum_bounds(
         self, state: ServerState, clip_range: float
@@ -319,22 +298,6 @@ class DPFedAvg(Strategy):
         )
         unclipped = round(float(sums["unclipped"][0])) if self.adaptive is not None else 0
         return self._move_clip(state, new, unclipped, clip)
-
-    def reported_extras(self, state: ServerState) -> dict[str, Params]:
-        return self.inner.reported_extras(state)
-
-    # --- client half: the wrapped strategy's, unchanged --------------------------------
-
-    def grad_correction(self, params: Params, task: ClientTask) -> Params | None:
-        return self.inner.grad_correction(params, task)
-
-    def step_correction(self, params: Params, task: ClientTask) -> Params | None:
-        return self.inner.step_correction(params, task)
-
-    def finish_client(
-        self, task: ClientTask, update: ClientUpdate, local: LocalTraining
-    ) -> ClientUpdate:
-        return self.inner.finish_client(task, update, local)
 
 
 def _check_inner(inner: Strategy) -> None:

@@ -108,17 +108,3 @@ def test_a_second_server_on_the_same_state_is_refused(federation, tmp_path):
     assert result.returncode != 0
     assert f"in use by another fedge server (pid {first.proc.pid})" in result.stderr
     assert first.status()["round"]["number"] == 1  # the first one carries on
-
-
-def test_privacy_is_refused_by_the_server_until_it_is_built(tmp_path):
-    data = experiment(name="dp")
-    data["privacy"] = {"clip_norm": 1.0, "noise_multiplier": 1.0}
-    config = write_config(tmp_path / "c.toml", data)
-    result = subprocess.run(
-        [sys.executable, "-m", "fedge", "server", str(config), "--state", str(tmp_path / "s")],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 2
-    assert "[privacy] is not built into the deployment server yet" in result.stderr

@@ -1,6 +1,6 @@
 """Federated algorithms, each holding its server half and its client half."""
 
-from fedge.fl.strategy.base import Strategy
+from fedge.fl.strategy.base import Strategy, Wrapper
 from fedge.fl.strategy.fedavg import FedAvg, FedAvgM
 from fedge.fl.strategy.fednova import FedNova
 from fedge.fl.strategy.fedopt import FedAdagrad, FedAdam, FedOpt, FedYogi
@@ -18,4 +18,5 @@ __all__ = [
     "FedYogi",
     "Scaffold",
     "Strategy",
+    "Wrapper",
 ]

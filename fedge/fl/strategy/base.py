@@ -47,7 +47,7 @@ from fedge.fl.types import (
 if TYPE_CHECKING:
     from fedge.fl.local import LocalTraining
 
-__all__ = ["Strategy"]
+__all__ = ["Strategy", "Wrapper"]
 
 
 class Strategy:
@@ -196,3 +196,50 @@ class Strategy:
     ) -> ClientUpdate:
         """Complete a client's report after local training (default: unchanged)."""
         return update
+
+
+class Wrapper(Strategy):
+    """A strategy that changes how another one aggregates (differential privacy, secure
+    aggregation) and passes everything else through: its client half, its task, its
+    state, its sum path."""
+
+    def __init__(self, inner: Strategy):
+        super().__init__(aggregator=inner.aggregator, server_optimizer=inner.server_optimizer)
+        self.inner = inner
+
+    @property
+    def name(self) -> str:
+        """The wrapped strategy's name."""
+        return self.inner.name
+
+    @property
+    def accepts_partial_work(self) -> bool:
+        return self.inner.accepts_partial_work
+
+    def init(self, params: Params) -> ServerState:
+        return self.inner.init(params)
+
+    def client_task(self, state: ServerState) -> ClientTask:
+        return self.inner.client_task(state)
+
+    def client_deltas(
+        self, state: ServerState, updates: Iterable[ClientUpdate]
+    ) -> Iterator[tuple[Params, float]]:
+        return self.inner.client_deltas(state, updates)
+
+    def reported_extras(self, state: ServerState) -> dict[str, Params]:
+        return self.inner.reported_extras(state)
+
+    def check_sum_path(self) -> None:
+        self.inner.check_sum_path()
+
+    def grad_correction(self, params: Params, task: ClientTask) -> Params | None:
+        return self.inner.grad_correction(params, task)
+
+    def step_correction(self, params: Params, task: ClientTask) -> Params | None:
+        return self.inner.step_correction(params, task)
+
+    def finish_client(
+        self, task: ClientTask, update: ClientUpdate, local: LocalTraining
+    ) -> ClientUpdate:
+        return self.inner.finish_client(task, update, local)

@@ -26,8 +26,8 @@ import numpy as np
 
 from fedge.config import SecureAggregationConfig
 from fedge.errors import ConfigError
-from fedge.fl.strategy import Strategy
-from fedge.fl.types import ClientTask, ClientUpdate, Params, ServerState
+from fedge.fl.strategy import Strategy, Wrapper
+from fedge.fl.types import ClientTask, ClientUpdate, ServerState
 from fedge.privacy.secagg.crypto import digest
 from fedge.privacy.secagg.encoding import Encoded, Segment, VectorCodec
 from fedge.privacy.secagg.params import GraphParameters, find_parameters
@@ -35,7 +35,7 @@ from fedge.privacy.secagg.protocol import RoundSetup
 from fedge.privacy.secagg.simulate import run_in_process
 
 if TYPE_CHECKING:
-    from fedge.fl.local import LocalTraining
+    pass
 
 __all__ = [
     "RoundPlan",
@@ -204,7 +204,7 @@ def round_context(seed: int, round: int) -> bytes:
     return digest("fedge simulation", str(seed), str(round))
 
 
-class SecureAggregation(Strategy):
+class SecureAggregation(Wrapper):
     """A strategy whose every round is aggregated through SecAgg+ (the real protocol, in
     process): the wrapped strategy only ever receives the unmasked sum.
 
@@ -215,8 +215,7 @@ class SecureAggregation(Strategy):
 
     def __init__(self, inner: Strategy, settings: SecAggSettings, *, seed: int):
         inner.check_sum_path()
-        super().__init__(aggregator=inner.aggregator, server_optimizer=inner.server_optimizer)
-        self.inner = inner
+        super().__init__(inner)
         self.settings = settings
         self.seed = seed
         #: A report of the last aggregated round (for metrics; not state): k, t, clients
@@ -225,23 +224,6 @@ class SecureAggregation(Strategy):
 
     def __repr__(self) -> str:
         return f"SecureAggregation({self.inner!r}, {self.settings!r})"
-
-    @property
-    def name(self) -> str:
-        return self.inner.name
-
-    @property
-    def accepts_partial_work(self) -> bool:
-        return self.inner.accepts_partial_work
-
-    def init(self, params: Params) -> ServerState:
-        return self.inner.init(params)
-
-    def client_task(self, state: ServerState) -> ClientTask:
-        return self.inner.client_task(state)
-
-    def reported_extras(self, state: ServerState) -> dict[str, Params]:
-        return self.inner.reported_extras(state)
 
     def aggregate(self, state: ServerState, updates: Iterable[ClientUpdate]) -> ServerState:
         received = list(updates)
@@ -285,19 +267,6 @@ class SecureAggregation(Strategy):
             "clipped_values": clipped,
         }
         return new
-
-    # --- client half: the wrapped strategy's ------------------------------------------
-
-    def grad_correction(self, params: Params, task: ClientTask) -> Params | None:
-        return self.inner.grad_correction(params, task)
-
-    def step_correction(self, params: Params, task: ClientTask) -> Params | None:
-        return self.inner.step_correction(params, task)
-
-    def finish_client(
-        self, task: ClientTask, update: ClientUpdate, local: LocalTraining
-    ) -> ClientUpdate:
-        return self.inner.finish_client(task, update, local)
 
 
 def _key(client_id: int | str) -> int:
