@@ -36,7 +36,8 @@ given momentum). Nothing is tuned per ε. For each
 ε (δ = 1e-5) the noise multiplier z is calibrated so that all rounds fit the budget
 (``privacy.target_epsilon``), ∞ meaning no DP. It prints test accuracy after the last
 round, the mean over its last four evaluations (every 5 rounds: one run's last-round
-accuracy swings by several points), and z.
+accuracy swings by several points), and z. ``--epsilons 0`` runs the clipping alone
+(deltas clipped to norm 1, averaged with DP-FedAvg's estimator, no noise).
 
 Results are appended as JSON lines to ``--out``; run it alone (2 cores).
 """
@@ -189,7 +190,9 @@ def utility(
         ),
         "eval": {"every": 5},
     }
-    if np.isfinite(epsilon):
+    if epsilon == 0:  # the clipping without the noise (z = 1e-9: ε is meaningless)
+        config["privacy"] = {"clip_norm": 1.0, "noise_multiplier": 1e-9, "delta": 1e-5}
+    elif np.isfinite(epsilon):
         config["privacy"] = {"clip_norm": 1.0, "target_epsilon": epsilon, "delta": 1e-5}
     fed = prepare(parse_config(config))
     start = time.perf_counter()
@@ -213,7 +216,7 @@ def utility(
         "clients": clients,
         "per_round": per_round,
         "epsilon": epsilon,
-        "reached_epsilon": last.get("epsilon"),
+        "reached_epsilon": last.get("epsilon") if epsilon != 0 else None,
         "noise_multiplier": fed.privacy.noise_multiplier if fed.privacy else 0.0,
         "rounds": len(result.history),
         "test_accuracy": last["test_accuracy"],
@@ -238,7 +241,7 @@ def main() -> None:
         default=["1000:100:0:16", "10000:1000:0:2"],
         help="N:m:server momentum (0: FedAvg):local batch size",
     )
-    p.add_argument("--epsilons", type=float, nargs="+", default=[1, 2, 4, 8, float("inf")])
+    p.add_argument("--epsilons", type=float, nargs="+", default=[1, 2, 4, 8, float("inf"), 0])
     p.add_argument("--rounds", type=int, default=100)
     p.add_argument("--out", type=Path, default=Path("privacy.jsonl"))
     args = p.parse_args()
