@@ -405,14 +405,16 @@ class PrivacyConfig(_Section):
     any number of clients N. ``adaptive_clipping`` moves the norm towards the
     ``target_quantile`` γ (0.5) of the update norms with step ``clip_lr`` η (0.2), starting
     at ``clip_norm`` (0.1), with noise of std ``count_noise`` σ_b (cohort/20) on the count
-    of unclipped updates (Andrew et al. 2021). ``dp = "none"``: no differential privacy
-    (only secure aggregation).
+    of unclipped updates (Andrew et al. 2021). ``dp = "local"``: each client clips its own
+    delta to ``clip_norm`` and adds the noise itself (:mod:`fedge.privacy.local`); ε is a
+    client's against everyone, the server included, with no amplification by sampling.
+    ``dp = "none"``: no differential privacy (only secure aggregation).
 
     ``[privacy.secure_aggregation]`` turns SecAgg+ on (:class:`SecureAggregationConfig`);
     with DP, clients clip their own deltas and the server adds the noise to the unmasked
     sum."""
 
-    dp: Literal["central", "none"] = "central"
+    dp: Literal["central", "local", "none"] = "central"
     clip_norm: PositiveFloat | None = None
     adaptive_clipping: bool = False
     target_quantile: float | None = Field(None, gt=0, lt=1)
@@ -445,6 +447,10 @@ class PrivacyConfig(_Section):
             return self
         if self.noise_multiplier is None and self.target_epsilon is None:
             raise ValueError("give privacy.noise_multiplier, privacy.target_epsilon or both")
+        if self.dp == "local" and self.adaptive_clipping:
+            raise ValueError(
+                'adaptive clipping needs the server\'s noisy count: use dp = "central"'
+            )
         if not self.adaptive_clipping:
             if self.clip_norm is None:
                 raise ValueError("fixed clipping needs privacy.clip_norm")

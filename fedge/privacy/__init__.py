@@ -5,7 +5,9 @@
 * :mod:`fedge.privacy.clipping` — adaptive clipping to a quantile (Andrew et al., NeurIPS
   2021).
 * :mod:`fedge.privacy.ledger` — ε per round from Google's ``dp-accounting`` (RDP).
+* :mod:`fedge.privacy.local` — local DP: each client clips and noises its own update.
 * :mod:`fedge.privacy.plan` — an experiment's ``[privacy]`` section, resolved.
+* :mod:`fedge.privacy.secagg` — secure aggregation (SecAgg+).
 
 What the guarantee covers, and what it does not: ``docs/privacy.md``.
 """
@@ -18,6 +20,7 @@ from fedge.privacy.ledger import (
     default_delta,
     round_event,
 )
+from fedge.privacy.local import LocalDP, client_noise_generator
 from fedge.privacy.plan import PrivacyPlan, plan_privacy, plan_report
 
 __all__ = [
@@ -25,9 +28,11 @@ __all__ = [
     "ClipTally",
     "DPFedAvg",
     "GaussianSum",
+    "LocalDP",
     "PrivacyLedger",
     "PrivacyPlan",
     "calibrate_noise_multiplier",
+    "client_noise_generator",
     "default_delta",
     "noise_generator",
     "plan_privacy",

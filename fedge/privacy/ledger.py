@@ -57,14 +57,19 @@ def default_delta(num_clients: int) -> float:
 
 
 def round_event(
-    num_clients: int, clients_per_round: int, noise_multiplier: float
+    num_clients: int, clients_per_round: int, noise_multiplier: float, *, local: bool = False
 ) -> dp_accounting.DpEvent:
     """One round of DP-FedAvg: m of N clients sampled without replacement, Gaussian noise
-    of z times the add/remove sensitivity (z/2 times the replace-one sensitivity)."""
+    of z times the add/remove sensitivity (z/2 times the replace-one sensitivity).
+
+    ``local``: each client noises its own update, and the server, which sees every noisy
+    update and knows who sent it, is the adversary: no amplification by sampling, one
+    Gaussian mechanism per round for a client that takes part in it."""
     dpa = _dpa()
-    return dpa.SampledWithoutReplacementDpEvent(
-        num_clients, clients_per_round, dpa.GaussianDpEvent(noise_multiplier / 2)
-    )
+    gaussian = dpa.GaussianDpEvent(noise_multiplier / 2)
+    if local:
+        return gaussian
+    return dpa.SampledWithoutReplacementDpEvent(num_clients, clients_per_round, gaussian)
 
 
 def _check(num_clients: int, clients_per_round: int, delta: float) -> None:
@@ -90,12 +95,16 @@ class PrivacyLedger:
         z, noise std relative to the clipping norm.
     delta:
         δ of the (ε, δ) guarantee.
+    local:
+        Local DP: ε of a client that took part in every round, against the server
+        (:func:`round_event`).
     """
 
     num_clients: int
     clients_per_round: int
     noise_multiplier: float
     delta: float
+    local: bool = False
     _orders: np.ndarray = field(init=False, repr=False, compare=False)
     _round_rdp: np.ndarray = field(init=False, repr=False, compare=False)
 
@@ -111,7 +120,9 @@ class PrivacyLedger:
 
     def event(self, rounds: int = 1) -> dp_accounting.DpEvent:
         """The dp-accounting event of ``rounds`` rounds."""
-        one = round_event(self.num_clients, self.clients_per_round, self.noise_multiplier)
+        one = round_event(
+            self.num_clients, self.clients_per_round, self.noise_multiplier, local=self.local
+        )
         return one if rounds == 1 else _dpa().SelfComposedDpEvent(one, rounds)
 
     def epsilon(self, rounds: int) -> float:
@@ -127,7 +138,13 @@ class PrivacyLedger:
 
 
 def calibrate_noise_multiplier(
-    num_clients: int, clients_per_round: int, rounds: int, epsilon: float, delta: float
+    num_clients: int,
+    clients_per_round: int,
+    rounds: int,
+    epsilon: float,
+    delta: float,
+    *,
+    local: bool = False,
 ) -> float:
     """The smallest z (to 1e-3) with which ``rounds`` rounds stay within (ε, δ), found by
     dp-accounting's :func:`~dp_accounting.calibrate_dp_mechanism`."""
@@ -138,7 +155,8 @@ def calibrate_noise_multiplier(
     dpa = _dpa()
 
     def event(z: float) -> dp_accounting.DpEvent:
-        return dpa.SelfComposedDpEvent(round_event(num_clients, clients_per_round, z), rounds)
+        one = round_event(num_clients, clients_per_round, z, local=local)
+        return dpa.SelfComposedDpEvent(one, rounds)
 
     return float(
         dpa.calibrate_dp_mechanism(

@@ -19,6 +19,7 @@ from fedge.fl.strategy import Strategy
 from fedge.privacy.clipping import AdaptiveClipping, sum_noise_multiplier
 from fedge.privacy.dpfedavg import DPFedAvg
 from fedge.privacy.ledger import PrivacyLedger, calibrate_noise_multiplier, default_delta
+from fedge.privacy.local import LocalDP
 from fedge.privacy.secagg.params import find_parameters
 
 __all__ = ["PrivacyPlan", "plan_privacy", "plan_report", "secagg_report"]
@@ -62,8 +63,16 @@ class PrivacyPlan:
         """ε after ``rounds`` rounds at the plan's δ."""
         return self.ledger.epsilon(rounds)
 
-    def wrap(self, strategy: Strategy, *, seed: int) -> DPFedAvg:
-        """``strategy`` with DP-FedAvg on its aggregation (refuses what DP cannot cover)."""
+    def wrap(self, strategy: Strategy, *, seed: int) -> Strategy:
+        """``strategy`` with DP-FedAvg on its aggregation, or local DP on its clients
+        (refuses what DP cannot cover)."""
+        if self.ledger.local:
+            return LocalDP(
+                strategy,
+                noise_multiplier=self.noise_multiplier,
+                clip_norm=self.clip_norm,
+                seed=seed,
+            )
         return DPFedAvg(
             strategy,
             noise_multiplier=self.noise_multiplier,
@@ -87,6 +96,12 @@ class PrivacyPlan:
     def guarantee(self, rounds: int) -> str:
         """What the ledger's ε after ``rounds`` rounds covers, in one sentence."""
         led = self.ledger
+        if led.local:
+            return (
+                f"user-level local ({self.epsilon(rounds):.3g}, {led.delta:.3g})-DP for each "
+                f"client's updates against everyone, the server included (any one client's "
+                f"data replaced), for a client in all {rounds} rounds"
+            )
         return (
             f"user-level ({self.epsilon(rounds):.3g}, {led.delta:.3g})-DP over the "
             f"{led.num_clients} clients (any one client's data replaced), for the released "
@@ -97,7 +112,7 @@ class PrivacyPlan:
         """The ``privacy`` entry of ``summary.json`` after ``rounds`` trained rounds."""
         led = self.ledger
         return {
-            "mechanism": "DP-FedAvg, central noise",
+            "mechanism": "local DP, client noise" if led.local else "DP-FedAvg, central noise",
             "epsilon": self.epsilon(rounds),
             "delta": led.delta,
             "guarantee": self.guarantee(rounds),
@@ -108,8 +123,11 @@ class PrivacyPlan:
             "target_epsilon": self.target_epsilon,
             "budget_stop": self.budget_stop,
             "accounting": (
-                f"RDP (dp-accounting), {led.clients_per_round} of {led.num_clients} clients "
-                "sampled without replacement per round, replace-one neighbours"
+                "RDP (dp-accounting), one Gaussian mechanism per round a client takes part "
+                "in, no amplification by sampling, replace-one neighbours"
+                if led.local
+                else f"RDP (dp-accounting), {led.clients_per_round} of {led.num_clients} "
+                "clients sampled without replacement per round, replace-one neighbours"
             ),
         }
 
@@ -122,12 +140,15 @@ def plan_privacy(
     budget does not allow even one round, or adaptive clipping cannot share it."""
     delta = config.delta if config.delta is not None else default_delta(num_clients)
     z, target = config.noise_multiplier, config.target_epsilon
+    local = config.dp == "local"
     calibrated = z is None
     if z is None:
         if target is None:
             raise ConfigError("give privacy.noise_multiplier, privacy.target_epsilon or both")
-        z = calibrate_noise_multiplier(num_clients, clients_per_round, rounds, target, delta)
-    ledger = PrivacyLedger(num_clients, clients_per_round, z, delta)
+        z = calibrate_noise_multiplier(
+            num_clients, clients_per_round, rounds, target, delta, local=local
+        )
+    ledger = PrivacyLedger(num_clients, clients_per_round, z, delta, local=local)
     allowed = rounds if target is None else ledger.rounds_within(target, rounds)
     if allowed == 0:
         raise ConfigError(

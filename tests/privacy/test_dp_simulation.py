@@ -122,7 +122,7 @@ def test_dp_with_what_it_cannot_cover_is_refused(digits, strategy, match):
         ({"clip_norm": 1.0}, "noise_multiplier, privacy.target_epsilon or both"),
         ({"noise_multiplier": 1.0}, "fixed clipping needs privacy.clip_norm"),
         ({**FIXED, "clip_lr": 0.1}, "clip_lr needs adaptive_clipping"),
-        ({**FIXED, "dp": "local"}, "privacy.dp"),
+        ({**FIXED, "dp": "distributed"}, "privacy.dp"),
         ({**FIXED, "delta": 0}, "privacy.delta"),
         ({**FIXED, "epsilon": 1}, "unknown key"),
     ],
