@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from fedge.config import ExperimentConfig
+from fedge.config import ExperimentConfig, SecureAggregationConfig
 from fedge.data.dataset import FederatedData
 from fedge.errors import (
     ConfigError,
@@ -54,6 +54,7 @@ from fedge.fl.rounds import Round, RoundCoordinator, RoundPolicy, RoundStatus, R
 from fedge.fl.sampling import clients_per_round
 from fedge.fl.types import ClientUpdate, ServerState
 from fedge.models.spec import ModelSpec, build_model, fast_layout, load_spec
+from fedge.privacy.plan import PrivacyPlan, plan_privacy
 from fedge.privacy.secagg import SecAggAborted, SecAggSettings, apply_secure_sum, plan_round
 from fedge.privacy.secagg.aggregation import secagg_settings
 from fedge.privacy.secagg.crypto import digest
@@ -145,10 +146,6 @@ class FederationServer:
         self.strategy = make_strategy(
             config.strategy, num_clients=self.num_devices, local=self.local
         )
-        #: Secure aggregation settings, when rounds run SecAgg+.
-        self.secagg: SecAggSettings | None = None
-        if config.privacy is not None:
-            self.secagg = self._secagg_settings(config)
         data = data if data is not None else self._load_data()
         self.spec = self._spec(data)
         #: The test split the server evaluates each new model on (the training split is
@@ -167,6 +164,14 @@ class FederationServer:
             max_samples=deploy.max_samples,
         )
         check_cohort(config.strategy, self.policy.min_updates)
+        #: Differential privacy (DP-FedAvg, the server adding the noise), when configured.
+        self.privacy: PrivacyPlan | None = None
+        #: Secure aggregation settings, when rounds run SecAgg+.
+        self.secagg: SecAggSettings | None = None
+        if config.privacy is not None:
+            self._setup_privacy(config, target)
+        #: Model versions to train: the config's, or fewer when the privacy budget stops.
+        self.rounds = self.privacy.rounds if self.privacy is not None else config.rounds
         self.lock = asyncio.Lock()
         self.due = asyncio.Event()
         self._opened = asyncio.Event()  # set (and replaced) when a round ends
@@ -185,7 +190,7 @@ class FederationServer:
         self.secure: SecureRound | None = None
         self._stage_changed = asyncio.Event()  # set (and replaced) when a secure stage ends
         self.coordinator = RoundCoordinator(
-            self.strategy, self._initial_state(), self.policy, rounds=config.rounds
+            self.strategy, self._initial_state(), self.policy, rounds=self.rounds
         )
         self._cache_model()
         self._resume_round()
@@ -205,19 +210,34 @@ class FederationServer:
 
     # --- start-up -----------------------------------------------------------------------
 
-    def _secagg_settings(self, config: ExperimentConfig) -> SecAggSettings:
+    def _setup_privacy(self, config: ExperimentConfig, target: int) -> None:
+        """DP-FedAvg on the strategy, secure aggregation on the rounds, as configured."""
         privacy = config.privacy
         assert privacy is not None
-        if privacy.dp != "none":
+        if privacy.dp == "local":
             raise ConfigError(
-                "[privacy] is not built into the deployment server yet for differential "
-                "privacy (DP-FedAvg runs in `fedge simulate`; on a fleet, who takes part "
-                "depends on who checks in, which the privacy accounting must model): set "
-                'privacy.dp = "none" to deploy with secure aggregation only, or remove [privacy]'
+                '[privacy] dp = "local" is not built into the deployment server yet (devices '
+                'would add the noise; it runs in `fedge simulate`): use dp = "central"'
             )
-        assert privacy.secure_aggregation is not None  # dp = "none" requires it
-        settings = secagg_settings(privacy.secure_aggregation)
-        if settings.weighting == "samples" and settings.max_weight is None:
+        if privacy.dp == "central":
+            # who takes part depends on who checks in, not on a uniform draw: no
+            # amplification by sampling in the ledger
+            self.privacy = plan_privacy(
+                privacy,
+                num_clients=self.num_devices,
+                clients_per_round=target,
+                rounds=config.rounds,
+                amplified=False,
+            )
+            self.strategy = self.privacy.wrap(self.strategy, seed=config.seed)
+            if self.privacy.budget_stop:
+                log.warning("privacy budget: %s", self.privacy.budget_stop)
+        if privacy.secure_aggregation is not None:
+            self.secagg = self._secagg_settings(privacy.secure_aggregation)
+
+    def _secagg_settings(self, config: SecureAggregationConfig) -> SecAggSettings:
+        settings = secagg_settings(config)
+        if settings.weighting == "samples" and settings.max_weight is None and not self.privacy:
             raise ConfigError(
                 "secure aggregation on a server weighs devices by min(n_k, max_weight): set "
                 'privacy.secure_aggregation.max_weight, or weighting = "uniform"'
@@ -685,7 +705,9 @@ class FederationServer:
         metrics["seconds"] = self.clock() - (current.started_at or self.clock())
         if version is None:
             state = self.coordinator.state
-        upcoming = None if state.round >= self.config.rounds else (current.number + 1, state.round)
+        elif self.privacy is not None:  # the ledger after this release
+            metrics["epsilon"] = self.privacy.epsilon(state.round)
+        upcoming = None if state.round >= self.rounds else (current.number + 1, state.round)
         await asyncio.to_thread(
             self.store.commit_round,
             current.number,
@@ -779,7 +801,12 @@ class FederationServer:
         return {
             "experiment": self.config.name,
             "strategy": self.strategy.name,
-            "rounds": self.config.rounds,
+            "rounds": self.rounds,
+            "privacy": (
+                self.privacy.guarantee(self.coordinator.state.round)
+                if self.privacy is not None
+                else None
+            ),
             "model_version": self.coordinator.state.round,
             "finished": self.coordinator.finished,
             "round": current if not self.coordinator.finished else None,

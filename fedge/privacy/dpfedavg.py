@@ -58,7 +58,14 @@ from fedge.privacy.clipping import AdaptiveClipping, sum_noise_multiplier
 if TYPE_CHECKING:
     pass
 
-__all__ = ["ClipTally", "DPFedAvg", "GaussianSum", "add_noise", "noise_generator"]
+__all__ = [
+    "ClipTally",
+    "DPFedAvg",
+    "GaussianSum",
+    "add_noise",
+    "clipped_parts",
+    "noise_generator",
+]
 
 #: Streams of :func:`noise_generator`: the noise on the update sum, on the unclipped count.
 SUM_NOISE, COUNT_NOISE = 0, 1
@@ -135,6 +142,21 @@ class GaussianSum:
             raise FedgeError("no client update to aggregate in this round")
         add_noise(total, self.noise_std, self.seed, self.round)
         return unflatten(total / self.expected_clients, like)
+
+
+def clipped_parts(
+    task: ClientTask, update: ClientUpdate, clip_norm: float, *, count_unclipped: bool
+) -> dict[str, torch.Tensor]:
+    """What a client adds to a DP round's secure sum: its delta clipped to ``clip_norm``
+    (weight 1), and 1 if it fitted under the norm when ``count_unclipped``."""
+    mine = flatten_by_name(update.params, task.params).to(torch.float64)
+    delta = mine - flatten_by_name(task.params).to(torch.float64)
+    norm = float(delta.norm())
+    fits = norm <= clip_norm
+    parts = {"delta": delta if fits else delta * (clip_norm / norm)}
+    if count_unclipped:
+        parts["unclipped"] = torch.tensor([float(fits)], dtype=torch.float64)
+    return parts
 
 
 def add_noise(total: torch.Tensor, std: float, seed: int, round: int) -> None:
@@ -277,14 +299,7 @@ class DPFedAvg(Wrapper):
         """clip(Δ, C) with weight 1 (and 1 if it fitted under C, for adaptive clipping)."""
         if clip_norm is None:
             raise FedgeError("differential privacy under secure aggregation needs the round's C")
-        mine = flatten_by_name(update.params, task.params).to(torch.float64)
-        delta = mine - flatten_by_name(task.params).to(torch.float64)
-        norm = float(delta.norm())
-        fits = norm <= clip_norm
-        parts = {"delta": delta if fits else delta * (clip_norm / norm)}
-        if self.adaptive is not None:
-            parts["unclipped"] = torch.tensor([float(fits)], dtype=torch.float64)
-        return parts
+        return clipped_parts(task, update, clip_norm, count_unclipped=self.adaptive is not None)
 
     def apply_sums(
         self, state: ServerState, sums: dict[str, torch.Tensor], count: int

@@ -57,17 +57,24 @@ def default_delta(num_clients: int) -> float:
 
 
 def round_event(
-    num_clients: int, clients_per_round: int, noise_multiplier: float, *, local: bool = False
+    num_clients: int,
+    clients_per_round: int,
+    noise_multiplier: float,
+    *,
+    local: bool = False,
+    amplified: bool = True,
 ) -> dp_accounting.DpEvent:
     """One round of DP-FedAvg: m of N clients sampled without replacement, Gaussian noise
     of z times the add/remove sensitivity (z/2 times the replace-one sensitivity).
 
     ``local``: each client noises its own update, and the server, which sees every noisy
     update and knows who sent it, is the adversary: no amplification by sampling, one
-    Gaussian mechanism per round for a client that takes part in it."""
+    Gaussian mechanism per round for a client that takes part in it. ``amplified=False``:
+    central noise, but cohorts that are not drawn uniformly at random (on a fleet, who
+    takes part depends on who checks in): no amplification either."""
     dpa = _dpa()
     gaussian = dpa.GaussianDpEvent(noise_multiplier / 2)
-    if local:
+    if local or not amplified:
         return gaussian
     return dpa.SampledWithoutReplacementDpEvent(num_clients, clients_per_round, gaussian)
 
@@ -98,6 +105,9 @@ class PrivacyLedger:
     local:
         Local DP: ε of a client that took part in every round, against the server
         (:func:`round_event`).
+    amplified:
+        Whether the cohorts are uniform random samples, which amplify privacy; a
+        deployment's are not (:func:`round_event`).
     """
 
     num_clients: int
@@ -105,6 +115,7 @@ class PrivacyLedger:
     noise_multiplier: float
     delta: float
     local: bool = False
+    amplified: bool = True
     _orders: np.ndarray = field(init=False, repr=False, compare=False)
     _round_rdp: np.ndarray = field(init=False, repr=False, compare=False)
 
@@ -121,7 +132,11 @@ class PrivacyLedger:
     def event(self, rounds: int = 1) -> dp_accounting.DpEvent:
         """The dp-accounting event of ``rounds`` rounds."""
         one = round_event(
-            self.num_clients, self.clients_per_round, self.noise_multiplier, local=self.local
+            self.num_clients,
+            self.clients_per_round,
+            self.noise_multiplier,
+            local=self.local,
+            amplified=self.amplified,
         )
         return one if rounds == 1 else _dpa().SelfComposedDpEvent(one, rounds)
 
@@ -145,6 +160,7 @@ def calibrate_noise_multiplier(
     delta: float,
     *,
     local: bool = False,
+    amplified: bool = True,
 ) -> float:
     """The smallest z (to 1e-3) with which ``rounds`` rounds stay within (ε, δ), found by
     dp-accounting's :func:`~dp_accounting.calibrate_dp_mechanism`."""
@@ -155,7 +171,7 @@ def calibrate_noise_multiplier(
     dpa = _dpa()
 
     def event(z: float) -> dp_accounting.DpEvent:
-        one = round_event(num_clients, clients_per_round, z, local=local)
+        one = round_event(num_clients, clients_per_round, z, local=local, amplified=amplified)
         return dpa.SelfComposedDpEvent(one, rounds)
 
     return float(

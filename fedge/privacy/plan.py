@@ -96,6 +96,13 @@ class PrivacyPlan:
     def guarantee(self, rounds: int) -> str:
         """What the ledger's ε after ``rounds`` rounds covers, in one sentence."""
         led = self.ledger
+        if not led.local and not led.amplified:
+            return (
+                f"user-level ({self.epsilon(rounds):.3g}, {led.delta:.3g})-DP over the "
+                f"{led.num_clients} devices (any one device's data replaced), for the released "
+                f"model after {rounds} rounds, whichever devices took part (no amplification "
+                "by sampling)"
+            )
         if led.local:
             return (
                 f"user-level local ({self.epsilon(rounds):.3g}, {led.delta:.3g})-DP for each "
@@ -125,7 +132,7 @@ class PrivacyPlan:
             "accounting": (
                 "RDP (dp-accounting), one Gaussian mechanism per round a client takes part "
                 "in, no amplification by sampling, replace-one neighbours"
-                if led.local
+                if led.local or not led.amplified
                 else f"RDP (dp-accounting), {led.clients_per_round} of {led.num_clients} "
                 "clients sampled without replacement per round, replace-one neighbours"
             ),
@@ -133,7 +140,12 @@ class PrivacyPlan:
 
 
 def plan_privacy(
-    config: PrivacyConfig, *, num_clients: int, clients_per_round: int, rounds: int
+    config: PrivacyConfig,
+    *,
+    num_clients: int,
+    clients_per_round: int,
+    rounds: int,
+    amplified: bool = True,
 ) -> PrivacyPlan:
     """Resolve ``config`` for a federation of ``num_clients`` with cohorts of
     ``clients_per_round`` training ``rounds`` rounds; raises :class:`ConfigError` when the
@@ -146,9 +158,11 @@ def plan_privacy(
         if target is None:
             raise ConfigError("give privacy.noise_multiplier, privacy.target_epsilon or both")
         z = calibrate_noise_multiplier(
-            num_clients, clients_per_round, rounds, target, delta, local=local
+            num_clients, clients_per_round, rounds, target, delta, local=local, amplified=amplified
         )
-    ledger = PrivacyLedger(num_clients, clients_per_round, z, delta, local=local)
+    ledger = PrivacyLedger(
+        num_clients, clients_per_round, z, delta, local=local, amplified=amplified
+    )
     allowed = rounds if target is None else ledger.rounds_within(target, rounds)
     if allowed == 0:
         raise ConfigError(

@@ -243,7 +243,11 @@ def test_hostile_secure_aggregation_requests_are_refused_and_change_nothing(secu
 @pytest.mark.parametrize(
     ("privacy", "strategy", "match"),
     [
-        ({"clip_norm": 1.0, "noise_multiplier": 1.0}, None, "not built into the deployment"),
+        (
+            {"dp": "local", "clip_norm": 1.0, "noise_multiplier": 1.0},
+            None,
+            'dp = "local" is not built into the deployment',
+        ),
         (
             {"dp": "none", "secure_aggregation": {"max_weight": 10}},
             {"name": "fedavg", "aggregator": {"name": "median"}},

@@ -28,6 +28,7 @@ from fedge.config import SecureAggregationConfig
 from fedge.errors import ConfigError
 from fedge.fl.strategy import Strategy, Wrapper
 from fedge.fl.types import ClientTask, ClientUpdate, ServerState
+from fedge.privacy.dpfedavg import clipped_parts
 from fedge.privacy.secagg.crypto import digest
 from fedge.privacy.secagg.encoding import Encoded, Segment, VectorCodec
 from fedge.privacy.secagg.params import GraphParameters, find_parameters
@@ -184,9 +185,17 @@ def contribution(
     update: ClientUpdate,
     generator: np.random.Generator,
 ) -> Encoded:
-    """The client side: the quantized summands of ``update`` (clipped values counted)."""
+    """The client side: the quantized summands of ``update`` (clipped values counted).
+
+    In a round with differential privacy (the plan carries the clipping norm C) the
+    client clips its delta to C and weighs it 1, whatever its own strategy object is: a
+    device builds its strategy from the task's ``[strategy]``, which knows nothing of DP."""
     weight, capped = client_weight(plan, update.num_samples)
-    parts = strategy.secure_parts(task, update, weight, plan.clip_norm)
+    if plan.clip_norm is not None:  # a DP round: the plan, not the client's strategy, says so
+        names = {segment.name for segment in plan.codec.segments}
+        parts = clipped_parts(task, update, plan.clip_norm, count_unclipped="unclipped" in names)
+    else:
+        parts = strategy.secure_parts(task, update, weight)
     encoded = plan.codec.encode(parts, generator)
     return Encoded(encoded.values, encoded.clipped + int(capped))
 
