@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from fedge.config import load_config
+from fedge.config import ClientConfig, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -31,3 +31,10 @@ def test_ci_runs_the_readme_test_command():
 def test_example_configs_are_valid(path):
     cfg = load_config(path)
     assert cfg.rounds >= 1
+
+
+def test_readme_states_the_client_batch_size_default():
+    """The experiment file's [client] batch_size line says what omitting it gives."""
+    (line,) = [x for x in README.splitlines() if re.match(r"batch_size = \d+ +#", x)][:1]
+    assert f"(default {ClientConfig().batch_size})" in line, line
+    assert "full batch" not in line

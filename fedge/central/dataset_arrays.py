@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fedge.central.npfile import read_npz as load_npz
 from fedge.data.dataset import ArrayDataset, FederatedData
 from fedge.errors import DataError
 
@@ -101,24 +102,15 @@ def read_npz(path: Path, *, num_classes: int | None = None) -> DatasetArrays:
     parent's number of classes is used instead. Object (pickled) arrays are refused.
     """
     path = Path(path)
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            if not isinstance(npz, np.lib.npyio.NpzFile):
-                raise DataError(f"{path} is a single .npy array, not an .npz with x and y")
-            missing = [key for key in ("x", "y") if key not in npz.files]
-            if missing:
-                raise DataError(
-                    f"{path} lacks the array(s) {', '.join(missing)} (has: "
-                    f"{', '.join(npz.files) or 'none'})"
-                )
-            unknown = sorted(set(npz.files) - {"x", "y", "x_test", "y_test"})
-            if unknown:
-                raise DataError(f"{path} holds unexpected arrays: {', '.join(unknown)}")
-            arrays = {key: npz[key] for key in npz.files}
-    except FileNotFoundError:
-        raise DataError(f"samples file not found: {path}") from None
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise DataError(f"{path} is not a readable .npz file: {exc}") from None
+    arrays = load_npz(path)
+    missing = [key for key in ("x", "y") if key not in arrays]
+    if missing:
+        raise DataError(
+            f"{path} lacks the array(s) {', '.join(missing)} (has: {', '.join(arrays) or 'none'})"
+        )
+    unknown = sorted(set(arrays) - {"x", "y", "x_test", "y_test"})
+    if unknown:
+        raise DataError(f"{path} holds unexpected arrays: {', '.join(unknown)}")
     if num_classes is None:
         labels = [arrays[k] for k in ("y", "y_test") if k in arrays and arrays[k].size]
         if not labels or any(lab.dtype.kind not in "iu" for lab in labels):

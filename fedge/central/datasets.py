@@ -32,6 +32,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, NonNegativeInt, PositiveInt, ValidationError
 
 from fedge.central.dataset_arrays import DatasetArrays, check_split, read_npz, write_npz
+from fedge.central.npfile import read_npz as load_npz
 from fedge.central.storage.base import ObjectStore, blob_key, file_sha256
 from fedge.central.versions import create_next_version, version_numbers
 from fedge.data.dataset import FederatedData
@@ -230,8 +231,7 @@ class DatasetStore:
                 raise DataError(f"the arrays of {version.ref} are missing from the store") from None
             if file_sha256(path) != version.sha256:
                 raise StorageError(f"the arrays of {version.ref} are corrupt: their hash differs")
-            with np.load(path, allow_pickle=False) as npz:
-                arrays = {key: npz[key] for key in npz.files}
+            arrays = load_npz(path)
         return DatasetArrays(
             x=arrays["x"],
             y=arrays["y"],

@@ -1,5 +1,5 @@
-"""Data-parallel plumbing over ``torch.distributed`` (gloo, CPU): process groups, sharding,
-gradient all-reduce, and a launcher for several workers on this machine.
+"""Data-parallel plumbing over ``torch.distributed`` (gloo, CPU): process groups, gradient
+all-reduce, and a launcher for several workers on this machine.
 
 Two ways to get a process group:
 
@@ -12,9 +12,9 @@ Two ways to get a process group:
   ``MASTER_ADDR`` (rank 0's host), ``MASTER_PORT`` and ``WORLD_SIZE`` and its own ``RANK``,
   by hand or with ``torchrun`` (which sets them from ``--rdzv-endpoint``).
 
-Sharding follows ``DistributedSampler``: rank ``r`` of ``W`` takes positions
-``r, r + W, r + 2W, ...`` of each global batch, so the shards are disjoint, their union is
-the batch, and their sizes differ by at most one.
+Training (:mod:`fedge.central.train`) shards as ``DistributedSampler`` does: rank ``r`` of
+``W`` takes positions ``r, r + W, r + 2W, ...`` of each global batch, so the shards are
+disjoint, their union is the batch, and their sizes differ by at most one.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import torch.multiprocessing as mp
 
 from fedge.errors import ConfigError, FedgeError, TrainingError
 
-__all__ = ["Dist", "env_world", "free_port", "init_from_env", "launch", "shard"]
+__all__ = ["Dist", "env_world", "free_port", "init_from_env", "launch"]
 
 ENV_VARS = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE")
 TIMEOUT_ENV = "FEDGE_DIST_TIMEOUT"
@@ -78,11 +78,6 @@ class Dist:
     def barrier(self) -> None:
         if self.world_size > 1:
             dist.barrier()
-
-
-def shard(indices: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
-    """Rank ``rank``'s part of ``indices``: every ``world_size``-th entry from ``rank``."""
-    return indices[rank::world_size]
 
 
 def free_port() -> int:

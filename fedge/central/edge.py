@@ -34,6 +34,7 @@ import httpx
 import numpy as np
 import onnxruntime as ort
 
+from fedge.central.npfile import read_npy, read_npz
 from fedge.errors import DataError, ServingError
 
 __all__ = [
@@ -44,6 +45,7 @@ __all__ = [
     "default_cache",
     "load_inputs",
     "load_samples",
+    "softmax",
 ]
 
 CACHE_ENV = "FEDGE_EDGE_CACHE"
@@ -87,7 +89,9 @@ class Prediction:
     version: int
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of a batch of logits, computed stably (the row maximum is subtracted
+    first); the server's answers use it too."""
     e = np.exp(logits - logits.max(axis=1, keepdims=True))
     return e / e.sum(axis=1, keepdims=True)
 
@@ -253,7 +257,7 @@ class EdgeApp:
         (logits,) = session.run(None, {session.get_inputs()[0].name: x})
         return Prediction(
             labels=logits.argmax(axis=1),
-            probabilities=_softmax(logits),
+            probabilities=softmax(logits),
             model=self.model,
             version=model.version,
         )
@@ -277,19 +281,18 @@ def _read(path: Path) -> Any:
     """A ``.json`` file's data, a ``.npy`` file's array, or an ``.npz`` file's arrays as a
     dict keyed ``npz:<name>`` (so they cannot be confused with JSON keys)."""
     path = Path(path)
+    if path.suffix == ".npy":
+        return read_npy(path)
+    if path.suffix == ".npz":
+        return {f"npz:{key}": array for key, array in read_npz(path).items()}
+    if path.suffix != ".json":
+        raise DataError(f"{path}: use a .json, .npy or .npz file")
     try:
-        if path.suffix == ".json":
-            return json.loads(path.read_text())
-        if path.suffix == ".npy":
-            return np.load(path, allow_pickle=False)
-        if path.suffix == ".npz":
-            with np.load(path, allow_pickle=False) as npz:
-                return {f"npz:{key}": npz[key] for key in npz.files}
+        return json.loads(path.read_text())
     except FileNotFoundError:
         raise DataError(f"file not found: {path}") from None
-    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+    except (OSError, ValueError) as exc:
         raise DataError(f"cannot read {path}: {exc}") from None
-    raise DataError(f"{path}: use a .json, .npy or .npz file")
 
 
 def _array(values: Any, what: str, path: Path) -> np.ndarray:

@@ -30,17 +30,16 @@ from fedge.central.storage import default_store_url, open_store
 from fedge.central.train import TrainJob, TrainObserver, TrainResult, train_worker
 from fedge.central.train_config import TrainJobConfig
 from fedge.central.weights import params_from_bytes
-from fedge.config import ModelConfig
 from fedge.data.dataset import FederatedData
 from fedge.data.load import load_data
 from fedge.errors import ConfigError, DataError, FedgeError
-from fedge.models.spec import ModelSpec, load_spec, preset_spec
+from fedge.models.spec import load_spec
+from fedge.sim.build import model_spec
 
 __all__ = [
     "check_model_name",
     "job_store_url",
     "load_result",
-    "model_spec",
     "prepare_job",
     "register_job",
     "run_env_job",
@@ -52,24 +51,6 @@ def job_store_url(config: TrainJobConfig, store: str | None = None) -> str:
     """The store a job reads datasets from and registers into: ``store`` (the command
     line), else the config's ``store``, else ``$FEDGE_STORE``, else ``./fedge-store``."""
     return store or config.store or default_store_url()
-
-
-def model_spec(model: ModelConfig, input_shape: tuple[int, ...], num_classes: int) -> ModelSpec:
-    """The spec a ``[model]`` section names, checked against the data."""
-    if model.spec is None:
-        return preset_spec(model.preset or "logreg", input_shape, num_classes, hidden=model.hidden)
-    spec = load_spec(model.spec)
-    if tuple(spec.input_shape) != input_shape:
-        raise ConfigError(
-            f"model spec expects input {list(spec.input_shape)} but the examples have shape "
-            f"{list(input_shape)}"
-        )
-    outputs = spec.output_shapes()[-1]
-    if outputs != (num_classes,):
-        raise ConfigError(
-            f"model spec outputs {list(outputs)} but the data has {num_classes} classes"
-        )
-    return spec
 
 
 def _hold_out(data: FederatedData, fraction: float, seed: int) -> FederatedData:
@@ -123,7 +104,7 @@ def prepare_job(config: TrainJobConfig, *, store: str | None = None) -> TrainJob
         data = load_data(config.data, seed=seed)
         if len(data.test) == 0:
             data = _hold_out(data, 0.1, seed)
-    spec = model_spec(config.model, data.input_shape, data.num_classes)
+    spec = model_spec(config.model, data)
     # The models compute in float32; features stored in another float type are converted.
     x_train, x_test = data.train.x, data.test.x
     if x_train.is_floating_point():

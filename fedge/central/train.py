@@ -5,8 +5,8 @@ The semantics are those of one process; more workers only change how a step is c
 
 * Epoch ``e`` visits the training set in a permutation drawn from ``(seed, e)`` alone, cut
   into consecutive global batches of ``batch_size`` (the last one smaller).
-* Rank ``r`` of ``W`` takes every ``W``-th example of each global batch (``DistributedSampler``
-  semantics, :func:`~fedge.central.ddp.shard`), and back-propagates the *sum* of its
+* Rank ``r`` of ``W`` takes every ``W``-th example of each global batch, starting at the
+  ``r``-th (``DistributedSampler`` semantics), and back-propagates the *sum* of its
   examples' cross-entropy divided by the global batch's size. One all-reduce (a sum) of
   the flattened gradients then gives every rank the gradient of the batch's mean loss,
   exactly as one process computes it, even when the shards differ in size. (PyTorch's

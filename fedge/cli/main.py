@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -20,7 +21,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from fedge.cli.common import SetOption, console, friendly
+from fedge.cli.common import FedgeGroup, SetOption, console, friendly
 from fedge.cli.edge import edge_app
 from fedge.cli.federation import client, server
 from fedge.cli.models import models_app
@@ -29,23 +30,54 @@ from fedge.cli.train import data_upload, data_versions, train
 from fedge.errors import ConfigError
 
 app = typer.Typer(
+    cls=FedgeGroup,
     help="fedge: federated and centralized training on edge data.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
 )
 data_app = typer.Typer(help="Inspect and fetch datasets.", no_args_is_help=True)
+privacy_app = typer.Typer(help="Differential privacy budgets.", no_args_is_help=True)
+# FedgeGroup lists the commands in workflow order, whatever the order they are added in.
 app.add_typer(data_app, name="data")
+app.command("train")(train)
 app.add_typer(models_app, name="models")
 app.command("serve")(serve)
 app.add_typer(edge_app, name="edge")
-app.command("train")(train)
 app.command("server")(server)
 app.command("client")(client)
-data_app.command("upload")(data_upload)
-data_app.command("versions")(data_versions)
-privacy_app = typer.Typer(help="Differential privacy budgets.", no_args_is_help=True)
 app.add_typer(privacy_app, name="privacy")
+
+
+def package_version() -> str:
+    """The installed distribution's version (``fedge.__version__`` when run from a tree
+    that was never installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("fedge")
+    except PackageNotFoundError:
+        from fedge import __version__
+
+        return __version__
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        console.print(f"fedge {package_version()}", markup=False, highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    pass
 
 
 class _RichObserver:
@@ -152,15 +184,21 @@ def simulate(
     with _progress() as progress:
         observer = None if quiet else _RichObserver(progress, fed.rounds)
         summary, path = run_to_folder(fed, out, observer=observer, overwrite=force)
-    console.print(
-        f"test accuracy [bold]{100 * summary['final_test_accuracy']:.2f}%[/] after "
-        f"{summary['rounds']} rounds ({summary['seconds']:.1f} s); results in {path}/ "
-        f"(plot: {path / 'curves.png'})"
-    )
+    console.print(_accuracy_line(summary, path), soft_wrap=True)
     if "privacy" in summary:
         console.print(f"privacy: {summary['privacy']['guarantee']}", soft_wrap=True)
         if summary["privacy"]["budget_stop"]:
             console.print(f"stopped early: {summary['privacy']['budget_stop']}", soft_wrap=True)
+
+
+def _accuracy_line(summary: Mapping[str, Any], path: Path) -> str:
+    """The final test accuracy and the best round's (an earlier round may have done better)."""
+    return (
+        f"test accuracy [bold]{100 * summary['final_test_accuracy']:.2f}%[/] after "
+        f"{summary['rounds']} rounds, best {100 * summary['best_test_accuracy']:.2f}% in round "
+        f"{summary['best_round']} ({summary['seconds']:.1f} s); results in {escape(str(path))}/ "
+        f"(plot: {escape(str(path / 'curves.png'))})"
+    )
 
 
 @data_app.command("describe")
@@ -216,6 +254,10 @@ def download(
     kwargs = {} if base_url is None else {"base_url": base_url}
     path = download_fashion_mnist(dest, progress=sys.stderr.isatty(), **kwargs)
     console.print(f"Fashion-MNIST is in {path} (use --set data.data_dir={path})")
+
+
+data_app.command("upload")(data_upload)
+data_app.command("versions")(data_versions)
 
 
 @privacy_app.command("plan")

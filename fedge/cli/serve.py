@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import logging
+import sys
+from typing import Annotated, Any
 
 import typer
 
@@ -63,4 +65,31 @@ def serve(
     def listening(url: str) -> None:
         console.print(f"fedge serve: listening on {url}", soft_wrap=True, markup=False)
 
+    _log_to_stderr()
     run_server(registry, settings, host=host, port=port, access_log=access_log, on_listen=listening)
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes each record to the ``sys.stderr`` of the moment, as "fedge serve: ..."."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+    def format(self, record: logging.LogRecord) -> str:
+        level = "" if record.levelno < logging.WARNING else f"{record.levelname.lower()}: "
+        return f"fedge serve: {level}{record.getMessage()}"
+
+
+def _log_to_stderr() -> None:
+    """Show the server's own log (models loaded, hot swaps, warnings) on stderr, one line
+    an event; stdout keeps the one line that says where it listens."""
+    log = logging.getLogger("fedge.serve")
+    log.setLevel(logging.INFO)
+    if not any(isinstance(h, _StderrHandler) for h in log.handlers):
+        log.addHandler(_StderrHandler())
+    log.propagate = False

@@ -61,7 +61,7 @@ def data_upload(
         Path | None,
         typer.Argument(
             help="An .npz with arrays x, y (and optionally x_test, y_test), or a TOML file "
-            "whose \\[data] section to load; omit it to give \\[data] with --set."
+            "whose [data] section to load; omit it to give [data] with --set."
         ),
     ] = None,
     overrides: SetOption = None,
@@ -73,7 +73,7 @@ def data_upload(
         int | None,
         typer.Option(help="Classes of an .npz dataset (default: largest label + 1)."),
     ] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed of a \\[data] source's split.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of a [data] source's split.")] = None,
     store: StoreOption = None,
 ) -> None:
     """Put a dataset, or new samples from devices, into the store as a new version.
@@ -173,14 +173,14 @@ def train(
     store: Annotated[
         str | None,
         typer.Option(
-            help="Object store for \\[dataset] and --register (default: the config's `store`, "
+            help="Object store for [dataset] and --register (default: the config's `store`, "
             "then $FEDGE_STORE, then ./fedge-store).",
             show_default=False,
         ),
     ] = None,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ) -> None:
-    """Train a model on a dataset version (or a \\[data] section) and write metrics, a plot,
+    """Train a model on a dataset version (or a [data] section) and write metrics, a plot,
     checkpoints and the model; optionally register it.
 
     With --workers N, N processes train data-parallel on shards of each global batch.

@@ -1,36 +1,17 @@
-"""The path of an update between local training and aggregation.
-
-An update passes through an ordered list of :class:`UpdateTransform` on its way from the
-client to the strategy (clipping, noise, compression and secure-aggregation masks arrive
-as transforms; strategies never see how an update travelled). The server always starts by
-checking an update against the global model with :func:`check_update`.
-"""
+"""The server's check of an update before aggregation: :func:`check_update` holds it
+against the global model (names, shapes, dtypes, finite values, a sample count)."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from typing import Protocol
+from collections.abc import Mapping
 
 import torch
 
 from fedge.errors import UpdateRejected
 from fedge.fl.types import ClientUpdate
 
-__all__ = ["UpdateTransform", "apply_transforms", "check_update"]
-
-
-class UpdateTransform(Protocol):
-    """One stage of the update pipeline, a pure function of the update."""
-
-    def __call__(self, update: ClientUpdate) -> ClientUpdate: ...
-
-
-def apply_transforms(update: ClientUpdate, transforms: Sequence[UpdateTransform]) -> ClientUpdate:
-    """Pass ``update`` through ``transforms`` in order."""
-    for transform in transforms:
-        update = transform(update)
-    return update
+__all__ = ["check_update"]
 
 
 def _check_tensors(

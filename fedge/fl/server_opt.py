@@ -46,11 +46,6 @@ class ServerOptimizer:
         if self.kind != "sgd" and not self.tau > 0:
             raise ConfigError(f"tau must be positive, got {self.tau}")
 
-    @property
-    def is_plain(self) -> bool:
-        """True when a step is w + Δ exactly (FedAvg)."""
-        return self.kind == "sgd" and self.lr == 1.0 and self.momentum == 0.0
-
     def init(self, params: Params) -> OptState:
         """Initial optimizer state for a model shaped like ``params``."""
         if self.kind == "sgd":

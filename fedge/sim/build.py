@@ -11,6 +11,7 @@ from fedge.config import (
     FedProxConfig,
     KrumAggregator,
     MedianAggregator,
+    ModelConfig,
     ScaffoldConfig,
     StrategyConfig,
     TrimmedMeanAggregator,
@@ -85,19 +86,24 @@ def make_strategy(config: StrategyConfig, *, num_clients: int, local: LocalTrain
     return FedAvg(aggregator=agg)
 
 
-def model_spec(config: ExperimentConfig, data: FederatedData) -> ModelSpec:
-    """The model spec of an experiment, checked against the data's input shape."""
-    if config.model.spec is not None:
-        spec = load_spec(config.model.spec)
-        if tuple(spec.input_shape) != data.input_shape:
-            raise ConfigError(
-                f"model spec expects input {list(spec.input_shape)} but {data.name} examples "
-                f"have shape {list(data.input_shape)}"
-            )
-        return spec
-    return preset_spec(
-        config.model.preset or "logreg",
-        data.input_shape,
-        data.num_classes,
-        hidden=config.model.hidden,
-    )
+def model_spec(config: ExperimentConfig | ModelConfig, data: FederatedData) -> ModelSpec:
+    """The model spec an experiment's (or a training job's) ``[model]`` section names,
+    checked against the data: a spec file must take the examples' shape and output one
+    logit per class."""
+    model = config.model if isinstance(config, ExperimentConfig) else config
+    if model.spec is None:
+        return preset_spec(
+            model.preset or "logreg", data.input_shape, data.num_classes, hidden=model.hidden
+        )
+    spec = load_spec(model.spec)
+    if tuple(spec.input_shape) != data.input_shape:
+        raise ConfigError(
+            f"model spec expects input {list(spec.input_shape)} but {data.name} examples "
+            f"have shape {list(data.input_shape)}"
+        )
+    outputs = spec.output_shapes()[-1]
+    if outputs != (data.num_classes,):
+        raise ConfigError(
+            f"model spec outputs {list(outputs)} but {data.name} has {data.num_classes} classes"
+        )
+    return spec

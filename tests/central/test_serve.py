@@ -47,11 +47,16 @@ def registry(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def url(registry, tmp_path_factory, serve_process):
-    log = tmp_path_factory.mktemp("serve-log") / "server.log"
+def server_log(tmp_path_factory):
+    """The stderr of the module's server."""
+    return tmp_path_factory.mktemp("serve-log") / "server.log"
+
+
+@pytest.fixture(scope="module")
+def url(registry, server_log, serve_process):
     args = ["--poll", 0.2, "--max-delay-ms", 20, "--max-request-rows", MAX_ROWS]
     args += ["--max-body-bytes", MAX_BODY]
-    with serve_process(registry.store.root, *args, log=log) as url:
+    with serve_process(registry.store.root, *args, log=server_log) as url:
         yield url
 
 
@@ -305,7 +310,12 @@ BAD = {
         413,
         "exceeds",
     ),
-    "unknown model": ("/predict", {"model": "nope", "instances": X}, 404, "unknown model"),
+    "unknown model": (
+        "/predict",
+        {"model": "nope", "instances": X},
+        404,
+        "unknown model 'nope' (available: digits, swap",
+    ),
     "unknown version": (
         "/predict",
         {"model": "digits", "version": 9, "instances": X},
@@ -313,7 +323,18 @@ BAD = {
         "no version 9",
     ),
     "unnamed model": ("/predict", {"instances": X}, 400, "name the model"),
-    "v2 unknown model": ("/v2/models/nope/infer", v2(), 404, "unknown model"),
+    "v2 unknown model": (
+        "/v2/models/nope/infer",
+        v2(),
+        404,
+        "unknown model 'nope' (available: digits, swap",
+    ),
+    "v2 bad model name": (
+        "/v2/models/no%20pe/infer",
+        v2(),
+        404,
+        "unknown model 'no pe' (available: digits, swap",
+    ),
     "v2 unknown version": ("/v2/models/digits/versions/7/infer", v2(), 404, "no version 7"),
     "v2 bad version": ("/v2/models/digits/versions/x!/infer", v2(), 404, "unknown version"),
     "v2 no inputs": ("/v2/models/digits/infer", {"outputs": []}, 400, '"inputs"'),
@@ -397,6 +418,43 @@ def test_serve_help_and_unknown_model_at_startup(tmp_path):
     result = runner.invoke(app, ["serve", "nope", "--store", str(tmp_path / "s"), "--port", "0"])
     assert result.exit_code != 0
     assert "unknown model 'nope'" in result.output
+
+
+def test_the_server_says_what_it_serves_and_logs_every_swap(url, registry, server_log):
+    assert (
+        "fedge serve: ready, serving digits version 1, swap version 1 (alias production)\n"
+        in server_log.read_text()
+    )
+    for number in (1, 2):  # "watched": versions 1 and 2 of digits, loaded on first use
+        v = registry.get("digits", number)
+        registry.register("watched", {name: registry.read_file(v, name) for name in v.files})
+    registry.promote("watched", 1)
+    assert httpx.get(f"{url}/v2/models/watched").json()["version"] == "1"
+    registry.promote("watched", 2)
+    deadline = time.monotonic() + 10
+    while httpx.get(f"{url}/v2/models/watched").json()["version"] != "2":
+        assert time.monotonic() < deadline, "the server kept serving version 1"
+        time.sleep(0.05)
+    log = server_log.read_text()
+    assert "fedge serve: serving watched version 1 (production)\n" in log
+    assert "fedge serve: watched: production moved from version 1 to 2\n" in log
+
+
+@pytest.mark.parametrize("registered", [False, True], ids=["empty store", "no alias"])
+def test_a_server_with_nothing_to_serve_warns(tmp_path, serve_process, registered):
+    registry = ModelRegistry(LocalStore(tmp_path / "store"))
+    if registered:
+        publish_model(registry, "digits", SPEC, build_model(SPEC, seed=0).state_dict())
+    log = tmp_path / "log"
+    with serve_process(tmp_path / "store", log=log) as url:
+        assert httpx.get(f"{url}/v2/health/ready").status_code == 200
+        answer = httpx.post(f"{url}/predict", json={"model": "x", "instances": X})
+    assert answer.status_code == 404
+    expected = "digits" if registered else "none"
+    assert f"unknown model 'x' (available: {expected})" in answer.json()["error"]
+    warning = "no model has the alias 'production'" if registered else "holds no models"
+    (line,) = [x for x in log.read_text().splitlines() if "warning" in x]
+    assert line.startswith("fedge serve: warning: ") and warning in line, line
 
 
 def test_a_chunked_body_over_the_limit_is_refused(url):

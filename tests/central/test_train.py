@@ -9,7 +9,6 @@ import torch
 from typer.testing import CliRunner
 
 from fedge.central.datasets import DatasetArrays, DatasetStore
-from fedge.central.ddp import shard
 from fedge.central.jobs import prepare_job, run_job
 from fedge.central.registry import ModelRegistry
 from fedge.central.storage import LocalStore
@@ -55,11 +54,22 @@ def test_learning_rate_is_scaled_linearly_and_warmed_up():
     assert learning_rate(0, 10, TrainSection(lr=0.1)) == 0.1  # no scaling, no warm-up
 
 
-def test_shards_are_disjoint_and_cover_the_batch():
-    batch = torch.randperm(37)
-    parts = [shard(batch, r, 3) for r in range(3)]
-    assert sorted(torch.cat(parts).tolist()) == sorted(batch.tolist())
-    assert [len(p) for p in parts] == [13, 12, 12]
+@pytest.mark.parametrize(
+    ("input_shape", "units", "message"),
+    [
+        ([1, 8, 8], 3, r"outputs \[3\] but digits has 10 classes"),
+        ([64], 10, r"expects input \[64\]"),
+    ],
+)
+def test_a_spec_file_must_fit_the_data(tmp_path, input_shape, units, message):
+    spec = tmp_path / "spec.json"
+    layers = [{"type": "flatten"}, {"type": "dense", "units": units}]
+    spec.write_text(json.dumps({"input_shape": input_shape, "layers": layers}))
+    config = parse_train_config(
+        {"data": {"name": "digits"}, "model": {"spec": str(spec)}, "train": {"epochs": 1}}
+    )
+    with pytest.raises(ConfigError, match=message):
+        prepare_job(config)
 
 
 def test_single_process_training_improves_accuracy(tmp_path):

@@ -1,5 +1,7 @@
 """The command line, run as a real process for the main paths and in-process for errors."""
 
+import importlib.metadata
+import inspect
 import json
 import re
 import subprocess
@@ -7,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import typer
 from typer.testing import CliRunner
 
 from fedge.cli.main import app
@@ -36,6 +39,10 @@ def test_simulate_writes_a_complete_result(tmp_path):
     assert all({"round", "test_accuracy", "test_loss", "seconds"} <= m.keys() for m in metrics)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["rounds"] == 3
+    best = max(metrics, key=lambda m: m["test_accuracy"])
+    said = " ".join(proc.stdout.split())
+    assert f"{100 * metrics[-1]['test_accuracy']:.2f}% after 3 rounds" in said
+    assert f"best {100 * best['test_accuracy']:.2f}% in round {best['round']}" in said
     assert summary["final_test_accuracy"] == metrics[-1]["test_accuracy"]
     assert summary["peak_memory_mb"] > 0
     assert "rounds = 3" in (out / "config.toml").read_text()
@@ -166,3 +173,83 @@ def test_error_text_in_square_brackets_is_printed_verbatim(tmp_path):
     result = runner.invoke(app, ["simulate", str(cfg), "--out", str(tmp_path / "out")])
     assert result.exit_code == 3
     assert "[red]x[/]" in result.output
+
+
+def test_simulate_ends_with_the_final_and_the_best_rounds_accuracy(tmp_path, monkeypatch):
+    import fedge.sim.experiment as experiment
+
+    summary = {
+        "final_test_accuracy": 0.5,
+        "best_test_accuracy": 0.75,
+        "best_round": 2,
+        "rounds": 3,
+        "seconds": 1.0,
+    }
+    monkeypatch.setattr(experiment, "run_to_folder", lambda fed, out, **kw: (summary, out))
+    result = _invoke(tmp_path, DIGITS.read_text(), "--quiet")
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    assert "test accuracy 50.00% after 3 rounds, best 75.00% in round 2" in said
+
+
+def test_version_is_the_installed_packages():
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0, result.output
+    assert result.output == f"fedge {importlib.metadata.version('fedge')}\n"
+
+
+def _help(*command):
+    result = runner.invoke(app, [*command, "--help"], env={"COLUMNS": "1000"})
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def _listed(output):
+    """The command names of a help page's Commands panel, in order."""
+    return re.findall(r"^│ ([a-z][a-z-]*) ", output, re.M)
+
+
+def test_commands_are_listed_in_workflow_order():
+    workflow = ["simulate", "data", "train", "models", "serve", "edge", "server", "client"]
+    assert _listed(_help()) == [*workflow, "privacy"]
+    assert _listed(_help("data")) == ["describe", "download", "upload", "versions"]
+
+
+def _commands(group, path=()):
+    """``(path, command)`` for the root and every command and group below it."""
+    yield path, group
+    for name, command in getattr(group, "commands", {}).items():
+        yield from _commands(command, (*path, name))
+
+
+def _lines(output):
+    """The help page's lines without the panels' borders, spaces collapsed."""
+    return [" ".join(line.strip("│╭╮╰╯─ ").split()) for line in output.splitlines()]
+
+
+def _unescaped(help_text):
+    """Help text as written (fedge escapes square brackets for rich)."""
+    return (help_text or "").replace("\\[", "[")
+
+
+def _paragraphs(text):
+    return [" ".join(p.split()) for p in inspect.cleandoc(text).split("\n\n") if p.strip()]
+
+
+ALL = list(_commands(typer.main.get_command(app)))
+
+
+@pytest.mark.parametrize(("path", "command"), ALL, ids=[" ".join(p) or "fedge" for p, _ in ALL])
+def test_help_text_is_shown_as_written_without_hard_line_breaks(path, command):
+    """Every paragraph of a command's help, and every option's help, is one line of its
+    help page (on a wide terminal), with its square brackets: typer keeps a docstring's
+    line breaks and takes [data] for rich markup unless fedge prevents it."""
+    lines = _lines(_help(*path))
+    callback = getattr(command, "callback", None)
+    doc = inspect.getdoc(callback) if callback is not None and path else None
+    texts = _paragraphs(doc or _unescaped(command.help))
+    helps = [getattr(param, "help", None) for param in command.params]
+    texts += [" ".join(_unescaped(text).split()) for text in helps if text]
+    for text in texts:
+        assert any(text in line for line in lines), f"{text!r} is not one line of the help"
+    assert "<bool>" not in "\n".join(lines)

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from fedge.errors import UpdateRejected
-from fedge.fl.pipeline import apply_transforms, check_update
+from fedge.fl.pipeline import check_update
 from fedge.fl.types import ClientUpdate
 
 REF = {"w": torch.zeros(2, 3), "b": torch.zeros(3)}
@@ -40,14 +40,3 @@ def test_malformed_updates_are_rejected_with_a_reason(update, message):
     with pytest.raises(UpdateRejected, match=message) as info:
         check_update(update, REF)
     assert "client 4" in str(info.value)
-
-
-def test_transforms_apply_in_order():
-    def double(u):
-        return ClientUpdate(u.client_id, {k: 2 * v for k, v in u.params.items()}, u.num_samples, 1)
-
-    def plus_one(u):
-        return ClientUpdate(u.client_id, {k: v + 1 for k, v in u.params.items()}, u.num_samples, 1)
-
-    out = apply_transforms(_update(), [double, plus_one])
-    assert torch.equal(out.params["w"], torch.full((2, 3), 3.0))

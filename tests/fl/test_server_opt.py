@@ -12,7 +12,6 @@ D = {"w": torch.tensor([0.5, 0.1])}
 
 def test_plain_sgd_is_w_plus_delta():
     opt = ServerOptimizer()
-    assert opt.is_plain
     new, state = opt.step(W, D, opt.init(W))
     assert new["w"].tolist() == pytest.approx([1.5, -1.9])
     assert state == {}

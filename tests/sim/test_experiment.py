@@ -79,6 +79,14 @@ def test_model_spec_must_match_the_data(digits, tmp_path):
         prepare(digits(model={"spec": str(spec)}))
 
 
+def test_model_spec_must_output_one_logit_per_class(digits, tmp_path):
+    spec = tmp_path / "spec.json"
+    layers = [{"type": "flatten"}, {"type": "dense", "units": 3}]
+    spec.write_text(json.dumps({"input_shape": [1, 8, 8], "layers": layers}))
+    with pytest.raises(ConfigError, match=r"outputs \[3\] but digits has 10 classes"):
+        prepare(digits(model={"spec": str(spec)}))
+
+
 def test_run_to_folder_publishes_a_complete_result(digits, tmp_path):
     summary, path = run_to_folder(prepare(digits(rounds=2)), tmp_path / "run")
     assert path == tmp_path / "run"

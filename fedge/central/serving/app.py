@@ -41,6 +41,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from fedge.central.edge import softmax
 from fedge.central.registry import ModelRegistry
 from fedge.central.serving.http import Handler, etag_matches, json_error, read_body, rejecting
 from fedge.central.serving.models import LoadedModel, ModelPool
@@ -50,7 +51,6 @@ from fedge.central.serving.payload import (
     parse_json,
     parse_predict,
     parse_samples,
-    softmax,
 )
 from fedge.central.serving.samples import dataset_for, store_samples
 from fedge.central.serving.settings import ServeSettings
@@ -63,6 +63,27 @@ log = logging.getLogger("fedge.serve")
 
 def _aliased_models(registry: ModelRegistry, alias: str) -> tuple[str, ...]:
     return tuple(name for name in registry.list_models() if alias in registry.aliases(name))
+
+
+async def _report_served(registry: ModelRegistry, pool: ModelPool, alias: str) -> None:
+    """Log what the server loaded at start, or warn that it has nothing to serve."""
+    served = pool.served
+    if served:
+        shown = ", ".join(f"{name} version {number}" for name, number in sorted(served.items()))
+        log.info("ready, serving %s (alias %s)", shown, alias)
+        return
+    if not await asyncio.to_thread(registry.list_models):
+        log.warning(
+            "the registry in %s holds no models: nothing to serve until one is registered "
+            "and promoted (fedge models register, fedge models promote)",
+            registry.store.url,
+        )
+    else:
+        log.warning(
+            "no model has the alias %r: nothing to serve until a version is promoted "
+            "(fedge models promote NAME VERSION)",
+            alias,
+        )
 
 
 def create_app(registry: ModelRegistry, settings: ServeSettings | None = None) -> Starlette:
@@ -225,6 +246,7 @@ def create_app(registry: ModelRegistry, settings: ServeSettings | None = None) -
                     await pool().current(name)
                 except RequestRejected as exc:
                     log.warning("not serving %s: %s", name, exc)
+        await _report_served(registry, pool(), settings.alias)
         watcher = asyncio.get_running_loop().create_task(pool().watch(settings.poll_seconds))
         state["ready"] = True
         try:

@@ -49,6 +49,8 @@ BUNDLE_MANIFEST = "version.json"
 _ZIP_TIME = (2020, 1, 1, 0, 0, 0)
 # The registry's rule for model names: a name outside it cannot exist.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+# Models named in an unknown model's 404, at most.
+_LISTED = 20
 
 
 def bundle_zip(version: ModelVersion, files: dict[str, bytes]) -> bytes:
@@ -218,11 +220,20 @@ class ModelPool:
             task.add_done_callback(lambda _: self._loading.pop(key, None))
         return await asyncio.shield(task)
 
+    async def _unknown(self, name: str) -> RequestRejected:
+        """The 404 for a model the registry lacks, listing the models it holds (but not
+        where the registry lives)."""
+        names = await asyncio.to_thread(self.registry.list_models)
+        shown = ", ".join(names[:_LISTED]) or "none"
+        if len(names) > _LISTED:
+            shown += f" and {len(names) - _LISTED} more"
+        return RequestRejected(f"unknown model {name!r} (available: {shown})", 404)
+
     async def _resolve(self, name: str, ref: int | str | None) -> ModelVersion:
         """The manifest of version ``ref`` of ``name``; unknown ones are a 404 that names
-        what is missing (but not where the registry lives)."""
+        what is missing (and, for a model, the ones there are)."""
         if not _NAME.fullmatch(name):
-            raise RequestRejected(f"unknown model {name!r}", 404)
+            raise await self._unknown(name)
         if isinstance(ref, str) and not ref.isdigit() and ref != LATEST:
             try:
                 check_alias(ref)
@@ -231,10 +242,9 @@ class ModelPool:
         try:
             return await asyncio.to_thread(self.registry.get, name, ref)
         except ModelNotFound as exc:
-            message = str(exc)
-            if message.startswith("unknown model"):
-                message = f"unknown model {name!r}"
-            raise RequestRejected(message, 404) from None
+            if str(exc).startswith("unknown model"):
+                raise await self._unknown(name) from None
+            raise RequestRejected(str(exc), 404) from None
 
     async def current(self, name: str) -> LoadedModel:
         """The version of ``name`` that the alias points at (loaded on first use)."""

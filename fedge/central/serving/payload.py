@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from fedge.central.edge import softmax
 from fedge.errors import RequestRejected
 
 __all__ = [
@@ -36,7 +37,6 @@ __all__ = [
     "parse_json",
     "parse_predict",
     "parse_samples",
-    "softmax",
 ]
 
 # What a model answers: its logits, their softmax, and the arg-max class.
@@ -247,13 +247,6 @@ def parse_infer(
     if request_id is not None and not isinstance(request_id, str):
         raise RequestRejected(f'"id" must be a string, got {type(request_id).__name__}')
     return InferRequest(x=x, outputs=names, id=request_id)
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax, computed stably in float32."""
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(shifted)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def outputs_for(logits: np.ndarray, names: Sequence[str]) -> list[dict[str, Any]]:
