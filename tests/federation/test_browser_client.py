@@ -779,6 +779,21 @@ def test_the_page_shows_the_servers_refusals(federation, browser, tmp_path):
     assert text_of(browser, "status") == "stopped"
 
 
+def test_a_secure_round_is_refused_clearly_by_the_page(federation, browser, tmp_path):
+    """The browser cannot take part in SecAgg+ yet: it says so instead of uploading."""
+    data = experiment(name="browser-secure", rounds=1)
+    data["privacy"] = {"dp": "none", "secure_aggregation": {"max_weight": 100}}
+    server = federation(data)
+    x, y = partition(server.config, 0)
+    np.savez(tmp_path / "mine.npz", x=x, y=y)
+    browser.get(server.url + "/client")
+    wait_for(browser, "backend", lambda text: "TensorFlow.js" in text)
+    join(browser, server.url, tmp_path / "mine.npz")
+    wait_for(browser, "error", lambda text: "browser client cannot take part" in text)
+    assert text_of(browser, "status") == "stopped"
+    assert round_records(server.state) == {}  # nothing was uploaded
+
+
 # --- serving ---------------------------------------------------------------------------
 
 
