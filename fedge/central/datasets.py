@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, NonNegativeInt, PositiveInt, Validat
 from fedge.central.dataset_arrays import DatasetArrays, check_split, read_npz, write_npz
 from fedge.central.npfile import read_npz as load_npz
 from fedge.central.storage.base import ObjectStore, blob_key, file_sha256
-from fedge.central.versions import create_next_version, version_numbers
+from fedge.central.versions import create_next_version, parse_version, version_numbers
 from fedge.data.dataset import FederatedData
 from fedge.errors import DataError, ObjectNotFound, StorageError
 
@@ -204,9 +204,9 @@ class DatasetStore:
             raise self._unknown(name)
         if version is None or version == LATEST:
             return self._read(name, numbers[-1])
-        if isinstance(version, str) and not version.isdigit():
+        number = version if isinstance(version, int) else parse_version(version)
+        if number is None:
             raise DataError(f"a dataset version is a number or 'latest', got {version!r}")
-        number = int(version)
         if number not in numbers:
             raise DataError(
                 f"dataset {name!r} has no version {number} "

@@ -28,7 +28,12 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, NonNegativeInt, PositiveInt, ValidationError
 
 from fedge.central.storage.base import ObjectStore, blob_key, file_sha256
-from fedge.central.versions import MAX_ATTEMPTS, create_next_version, version_numbers
+from fedge.central.versions import (
+    MAX_ATTEMPTS,
+    create_next_version,
+    parse_version,
+    version_numbers,
+)
 from fedge.central.weights import check_params, params_from_bytes
 from fedge.errors import ModelNotFound, ObjectNotFound, RegistryError, StorageError
 from fedge.models.spec import ModelSpec, load_spec
@@ -86,7 +91,7 @@ def _check_name(name: str, what: str) -> str:
 def check_alias(alias: str) -> str:
     """Return ``alias`` if it can name an alias, else raise :class:`RegistryError`."""
     _check_name(alias, "alias")
-    if alias.isdigit() or alias == LATEST:
+    if parse_version(alias) is not None or alias == LATEST:
         raise RegistryError(f"invalid alias {alias!r}: it would read as a version reference")
     return alias
 
@@ -244,8 +249,11 @@ class ModelRegistry:
             return self._read(name, numbers[-1])
         if isinstance(ref, bool) or not isinstance(ref, int | str):
             raise RegistryError(f"a version is a number or an alias, got {ref!r}")
-        if isinstance(ref, int) or ref.isdigit():
-            return self._read(name, int(ref))
+        if isinstance(ref, int):
+            return self._read(name, ref)
+        number = parse_version(ref)
+        if number is not None:
+            return self._read(name, number)
         check_alias(ref)
         key = f"{self._aliases_prefix(name)}{ref}.json"
         try:

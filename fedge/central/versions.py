@@ -8,6 +8,7 @@ reader never sees a half-written manifest.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -23,13 +24,25 @@ MAX_ATTEMPTS = 1000
 M = TypeVar("M", bound=BaseModel)
 
 
+_NUMBER = re.compile(r"[0-9]{1,12}")
+
+
+def parse_version(text: str) -> int | None:
+    """``text`` as a version number if it is 1-12 ASCII digits, else ``None``.
+
+    Not :meth:`str.isdigit`, which accepts "²" (that :func:`int` then refuses) and "١"
+    (that :func:`int` reads as 1), nor :func:`int` alone, which takes "+1", " 1" and
+    "1_0" and fails on 5,000 digits."""
+    return int(text) if _NUMBER.fullmatch(text) else None
+
+
 def version_numbers(store: ObjectStore, prefix: str) -> list[int]:
     """Numbers of the manifests under ``prefix``, ascending."""
     numbers = []
     for key in store.list(prefix):
-        stem = key[len(prefix) :].removesuffix(".json")
-        if stem.isdigit() and key.endswith(".json"):
-            numbers.append(int(stem))
+        number = parse_version(key[len(prefix) :].removesuffix(".json"))
+        if number is not None and key.endswith(".json"):
+            numbers.append(number)
     return sorted(numbers)
 
 

@@ -340,6 +340,8 @@ BAD = {
     "v2 no inputs": ("/v2/models/digits/infer", {"outputs": []}, 400, '"inputs"'),
     "v2 input name": ("/v2/models/digits/infer", v2(name="x"), 400, "unknown input"),
     "v2 datatype": ("/v2/models/digits/infer", v2(datatype="BYTES"), 400, "datatype"),
+    "v2 datatype list": ("/v2/models/digits/infer", v2(datatype=["FP32"]), 400, "datatype"),
+    "v2 datatype object": ("/v2/models/digits/infer", v2(datatype={"a": 1}), 400, "datatype"),
     "v2 shape": ("/v2/models/digits/infer", v2(shape=[1, 64]), 400, "does not fit"),
     "v2 bad shape": ("/v2/models/digits/infer", v2(shape="1x64"), 400, '"shape"'),
     "v2 data count": ("/v2/models/digits/infer", v2(shape=[2, 1, 8, 8]), 400, "values"),
@@ -396,6 +398,10 @@ def test_bad_input_gets_a_4xx_json_error_naming_the_problem(url, case):
         ("GET", "/v2/models/nope", 404),
         ("GET", "/v2/models/bad%20name/download", 404),
         ("GET", "/v2/models/digits/download?format=tar", 400),
+        # Unicode digits pass str.isdigit: "²" (int() refuses it), "١" (int() reads 1)
+        ("GET", "/v2/models/digits/versions/%C2%B2", 404),
+        ("GET", "/v2/models/digits/versions/%D9%A1", 404),
+        pytest.param("GET", "/v2/models/digits/versions/" + "9" * 5000, 404, id="5000-digits"),
         ("GET", "/nothing/here", 404),
     ],
 )

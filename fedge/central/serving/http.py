@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 
 from starlette.requests import Request
@@ -35,12 +36,11 @@ async def read_body(request: Request, limit: int) -> bytes:
     """The request body, refused with 413 as soon as it exceeds ``limit`` bytes."""
     declared = request.headers.get("content-length")
     if declared is not None:
-        if not declared.isdigit():
-            raise RequestRejected(f"invalid Content-Length {declared!r}")
-        if int(declared) > limit:
-            raise RequestRejected(
-                f"request body of {int(declared)} bytes exceeds the limit of {limit}", 413
-            )
+        size = int(declared) if re.fullmatch(r"[0-9]{1,18}", declared) else None
+        if size is None:
+            raise RequestRejected(f"invalid Content-Length {declared[:40]!r}")
+        if size > limit:
+            raise RequestRejected(f"request body of {size} bytes exceeds the limit of {limit}", 413)
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)

@@ -38,6 +38,7 @@ import onnxruntime as ort
 from fedge.central.export import ONNX_FILE
 from fedge.central.registry import LATEST, SPEC_FILE, ModelRegistry, ModelVersion, check_alias
 from fedge.central.serving.batcher import MicroBatcher
+from fedge.central.versions import parse_version
 from fedge.errors import ModelNotFound, RegistryError, RequestRejected
 
 __all__ = ["BUNDLE_MANIFEST", "LoadedModel", "ModelPool", "bundle_zip"]
@@ -234,7 +235,7 @@ class ModelPool:
         what is missing (and, for a model, the ones there are)."""
         if not _NAME.fullmatch(name):
             raise await self._unknown(name)
-        if isinstance(ref, str) and not ref.isdigit() and ref != LATEST:
+        if isinstance(ref, str) and parse_version(ref) is None and ref != LATEST:
             try:
                 check_alias(ref)
             except RegistryError:
@@ -261,7 +262,9 @@ class ModelPool:
 
     async def version(self, name: str, ref: str) -> LoadedModel:
         """Version ``ref`` of ``name``: a number, or an alias (looked up on every call)."""
-        number = int(ref) if ref.isdigit() else (await self._resolve(name, ref)).version
+        number = parse_version(ref)
+        if number is None:
+            number = (await self._resolve(name, ref)).version
         current = self._current.get(name)
         if current is not None and current.number == number:
             return current

@@ -210,9 +210,10 @@ def parse_infer(
             f"unknown input {tensor['name']!r}: the model's input is {input_name!r}"
         )
     datatype = tensor["datatype"]
-    if datatype not in _FLOAT_TYPES | _INT_TYPES:
+    if not isinstance(datatype, str) or datatype not in _FLOAT_TYPES | _INT_TYPES:
+        shown = repr(datatype) if isinstance(datatype, str) else f"a JSON {type(datatype).__name__}"
         raise RequestRejected(
-            f"datatype {datatype!r} is not supported: send FP32 (or another numeric type)"
+            f"datatype {shown[:40]} is not supported: send FP32 (or another numeric type)"
         )
     shape = _shape(tensor["shape"])
     expected = (shape[0] if shape else 0, *input_shape)
