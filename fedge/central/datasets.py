@@ -16,8 +16,10 @@ samples (training samples to ``x``/``y``, test samples, if any, to the test spli
 new samples must match the parent's example shape and dtypes and its label range; every
 upload refuses non-finite features, labels out of range and mismatched lengths before
 anything is written. Version numbers are allocated as in the model registry: the manifest
-of ``max + 1`` is created with the store's create-if-absent write, and a writer that loses
-a race takes the next number. A version is referred to as ``name@n`` (:attr:`ref`).
+of ``max + 1`` is created with the store's create-if-absent write. An append that loses
+that race re-reads the newest version and merges its samples onto it, so appends never
+branch and every accepted sample is in every later version, on a folder and on S3 alike.
+A version is referred to as ``name@n`` (:attr:`ref`).
 """
 
 from __future__ import annotations
@@ -34,7 +36,12 @@ from pydantic import BaseModel, ConfigDict, NonNegativeInt, PositiveInt, Validat
 from fedge.central.dataset_arrays import DatasetArrays, check_split, read_npz, write_npz
 from fedge.central.npfile import read_npz as load_npz
 from fedge.central.storage.base import ObjectStore, blob_key, file_sha256
-from fedge.central.versions import create_next_version, parse_version, version_numbers
+from fedge.central.versions import (
+    MAX_ATTEMPTS,
+    create_next_version,
+    parse_version,
+    version_numbers,
+)
 from fedge.data.dataset import FederatedData
 from fedge.errors import DataError, ObjectNotFound, StorageError
 
@@ -268,10 +275,61 @@ class DatasetStore:
         *,
         parent: int | str | None = None,
         source: str | None = None,
+        create: bool = False,
     ) -> DatasetVersion:
-        """Store version ``parent`` of ``name`` (default the latest) followed by the samples
-        ``new`` as the next version; the parent stays as it was."""
-        base = self.get(name, parent)
+        """Store the newest version of ``name`` followed by the samples ``new`` as the next
+        version; the parent stays as it was.
+
+        Appends never branch: the new version is always written on top of the newest one,
+        so every accepted sample is in every later version. Two concurrent appends both
+        try to create version ``latest + 1`` with the store's create-if-absent write; the
+        one that loses re-reads the new newest version and merges its samples onto that.
+
+        Parameters
+        ----------
+        parent:
+            The version the caller expects to be the newest (a number or ``"latest"``);
+            a :class:`DataError` if it is not, since a version built on an older one would
+            leave out the samples added since. ``None`` (default): whatever is newest.
+        create:
+            Start the dataset with ``new`` when it has no version yet (``new.num_classes``
+            then gives the classes) instead of refusing an unknown dataset.
+        """
+        numbers = self.version_numbers(name)
+        if parent is not None and parent != LATEST and numbers:
+            expected = self.get(name, parent).version
+            if expected != numbers[-1]:
+                raise DataError(
+                    f"version {expected} of dataset {name!r} is not its newest "
+                    f"({numbers[-1]}): append to the newest, so that no version leaves out "
+                    "samples added before it"
+                )
+        for _ in range(MAX_ATTEMPTS):
+            if not numbers:
+                if not create:
+                    raise self._unknown(name)
+                created = self._try_commit(name, validate(new), 1, source=source)
+                if created is not None:
+                    return created
+            else:
+                base = self._read(name, numbers[-1])
+                merged, appended = self._merged(base, new)
+                created = self._try_commit(
+                    name,
+                    merged,
+                    base.version + 1,
+                    source=source,
+                    parent=base.version,
+                    appended=appended,
+                )
+                if created is not None:
+                    return created
+            numbers = self.version_numbers(name)  # lost a race: build on the new newest
+        raise StorageError(f"no free version number for dataset {name!r}")
+
+    def _merged(self, base: DatasetVersion, new: DatasetArrays) -> tuple[DatasetArrays, int]:
+        """``base``'s arrays followed by ``new``'s (checked against ``base``), and how many
+        samples that adds."""
         new = validate(DatasetArrays(new.x, new.y, base.num_classes, new.x_test, new.y_test), base)
         old = self.load(base)
         x_test, y_test = old.x_test, old.y_test
@@ -289,9 +347,9 @@ class DatasetStore:
             y_test=y_test,
         )
         appended = len(new.y) + (len(new.y_test) if new.y_test is not None else 0)
-        return self._commit(name, merged, source=source, parent=base.version, appended=appended)
+        return merged, appended
 
-    def _commit(
+    def _fields(
         self,
         name: str,
         arrays: DatasetArrays,
@@ -299,7 +357,8 @@ class DatasetStore:
         source: str | None,
         parent: int | None = None,
         appended: int | None = None,
-    ) -> DatasetVersion:
+    ) -> dict[str, Any]:
+        """Store ``arrays`` as a blob; the manifest fields of a version holding them."""
         contents = {"x": arrays.x, "y": arrays.y}
         test = None
         if arrays.x_test is not None and arrays.y_test is not None:
@@ -310,7 +369,7 @@ class DatasetStore:
             write_npz(contents, path)
             digest = self.store.put_blob_file(path)
             size = path.stat().st_size
-        fields: dict[str, Any] = {
+        return {
             "name": name,
             "sha256": digest,
             "size": size,
@@ -322,6 +381,10 @@ class DatasetStore:
             "appended": appended,
             "source": source,
         }
+
+    def _commit(self, name: str, arrays: DatasetArrays, *, source: str | None) -> DatasetVersion:
+        """``arrays`` as the next free version number of ``name``."""
+        fields = self._fields(name, arrays, source=source)
         version = create_next_version(
             self.store,
             self._prefix(name),
@@ -330,3 +393,16 @@ class DatasetStore:
         if version is None:
             raise StorageError(f"no free version number for dataset {name!r}")
         return version
+
+    def _try_commit(
+        self, name: str, arrays: DatasetArrays, number: int, **fields: Any
+    ) -> DatasetVersion | None:
+        """``arrays`` as version ``number`` of ``name``, or ``None`` if a concurrent writer
+        created that version first (the blob stays; it is content-addressed)."""
+        manifest = DatasetVersion(
+            version=number, created_at=datetime.now(UTC), **self._fields(name, arrays, **fields)
+        )
+        key = f"{self._prefix(name)}{number}.json"
+        if self.store.put_if_absent(key, manifest.model_dump_json(indent=2).encode()):
+            return manifest
+        return None

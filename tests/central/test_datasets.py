@@ -1,6 +1,7 @@
 """Dataset versions in the object store: upload, append, list, validation, and the CLI."""
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -72,6 +73,50 @@ def test_append_makes_a_new_version_of_parent_plus_samples(datasets):
     v3 = datasets.append("toy", extra)
     assert (v3.parent, v3.num_train, v3.num_test, v3.appended) == (2, 24, 8, 2)
     assert [v.version for v in datasets.versions("toy")] == [1, 2, 3]
+
+
+def _sample(i, classes=3, shape=(1, 2, 2)):
+    """One training sample whose every feature is ``i / 100``: which upload it came from
+    can be read back from the stored arrays."""
+    return DatasetArrays(
+        x=np.full((1, *shape), i / 100, np.float32), y=np.array([i % classes]), num_classes=classes
+    )
+
+
+@pytest.mark.parametrize("start", ["existing", "new"])
+def test_concurrent_appends_lose_no_sample_on_every_backend(store, start):
+    """Eight writers append one sample each at once (on a dataset that exists, and on one
+    that does not yet): every sample ends in the newest version, versions form one chain,
+    and each writer's version holds its own sample."""
+    datasets = DatasetStore(store)
+    base = 0
+    if start == "existing":
+        base = datasets.upload("toy", arrays(n=4, n_test=0)).num_train
+    writers = 8
+    with ThreadPoolExecutor(writers) as pool:
+        made = list(
+            pool.map(lambda i: datasets.append("toy", _sample(i + 1), create=True), range(writers))
+        )
+    versions = datasets.versions("toy")
+    assert [v.version for v in versions] == list(range(1, len(versions) + 1))
+    assert [v.parent for v in versions[1:]] == [v.version for v in versions[:-1]]
+    newest = datasets.load(versions[-1])
+    assert newest.x.shape[0] == base + writers
+    tags = sorted(np.round(newest.x[base:, 0, 0, 0] * 100).astype(int).tolist())
+    assert tags == list(range(1, writers + 1))
+    for i, version in enumerate(made):
+        held = datasets.load(version).x[:, 0, 0, 0]
+        assert np.isclose(held, (i + 1) / 100).sum() == 1, f"writer {i} lost its sample"
+
+
+def test_an_append_to_an_older_version_is_refused(datasets):
+    datasets.upload("toy", arrays())
+    datasets.append("toy", _sample(1))
+    with pytest.raises(DataError, match="version 1 of dataset 'toy' is not its newest"):
+        datasets.append("toy", _sample(2), parent=1)
+    assert datasets.append("toy", _sample(2), parent=2).version == 3
+    with pytest.raises(DataError, match="unknown dataset 'other'"):
+        datasets.append("other", _sample(3))
 
 
 def _bad(kind):
@@ -170,6 +215,6 @@ def test_cli_upload_append_and_list(tmp_path, monkeypatch):
     ]
     assert runner.invoke(app, ["data", "versions"]).exit_code == 0
     np.savez(samples, x=np.ones((5, 1, 8, 8), np.float32), y=np.arange(5) + 8)
-    result = runner.invoke(app, ["data", "upload", "digits", str(samples), "--append-to", "1"])
+    result = runner.invoke(app, ["data", "upload", "digits", str(samples), "--append-to", "2"])
     assert result.exit_code == 3
     assert "error: new samples: labels must lie in 0..9, found 8..12" in result.output

@@ -5,7 +5,8 @@ The samples go to the dataset the served model was trained on (the name part of 
 when the version records none. The dataset's newest version followed by the new samples is
 stored as its next version (:meth:`~fedge.central.datasets.DatasetStore.append`: the
 parent stays as it was, the arrays are one content-addressed ``.npz``); a dataset that does
-not exist yet starts with them, with the model's number of classes.
+not exist yet starts with them, with the model's number of classes. Concurrent uploads
+never lose samples: a 201 means the samples are in that version and every later one.
 """
 
 from __future__ import annotations
@@ -41,9 +42,7 @@ def store_samples(
     datasets = DatasetStore(store)
     samples = DatasetArrays(x=x.astype(np.float32), y=y.astype(np.int64), num_classes=num_classes)
     try:
-        if datasets.version_numbers(dataset):
-            return datasets.append(dataset, samples, source=source)
-        return datasets.upload(dataset, samples, source=source)
+        return datasets.append(dataset, samples, source=source, create=True)
     except DataError as exc:
         raise RequestRejected(
             f"dataset {dataset!r} cannot take these samples: {exc}", 409
