@@ -25,9 +25,7 @@ A version is referred to as ``name@n`` (:attr:`ref`).
 from __future__ import annotations
 
 import re
-import tempfile
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -35,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, NonNegativeInt, PositiveInt, Validat
 
 from fedge.central.dataset_arrays import DatasetArrays, check_split, read_npz, write_npz
 from fedge.central.npfile import read_npz as load_npz
+from fedge.central.scratch import scratch_dir
 from fedge.central.storage.base import ObjectStore, blob_key, file_sha256
 from fedge.central.versions import (
     MAX_ATTEMPTS,
@@ -230,8 +229,8 @@ class DatasetStore:
 
     def load(self, version: DatasetVersion) -> DatasetArrays:
         """The arrays of ``version``, checked against its content hash."""
-        with tempfile.TemporaryDirectory(prefix="fedge-dataset-") as tmp:
-            path = Path(tmp) / "data.npz"
+        with scratch_dir("dataset") as tmp:
+            path = tmp / "data.npz"
             try:
                 self.store.get_file(blob_key(version.sha256), path)
             except ObjectNotFound:
@@ -364,8 +363,8 @@ class DatasetStore:
         if arrays.x_test is not None and arrays.y_test is not None:
             contents |= {"x_test": arrays.x_test, "y_test": arrays.y_test}
             test = _split_info(arrays.x_test, arrays.y_test, arrays.num_classes)
-        with tempfile.TemporaryDirectory(prefix="fedge-dataset-") as tmp:
-            path = Path(tmp) / "data.npz"
+        with scratch_dir("dataset") as tmp:
+            path = tmp / "data.npz"
             write_npz(contents, path)
             digest = self.store.put_blob_file(path)
             size = path.stat().st_size

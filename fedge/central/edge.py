@@ -10,10 +10,18 @@ Cache layout, per model, under the cache folder::
     <model>/v<n>-<sha12>/           model.onnx, model.json, version.json of one download
 
 An update asks ``GET /v2/models/<model>/download`` with ``If-None-Match`` set to the cached
-model's SHA-256: an unchanged model costs one empty 304 answer. A new one is unpacked into
-its own folder, checked against the ``ETag`` (the SHA-256 of ``model.onnx``), and only then
-made current by an atomic rename of the ``current`` file, so a device that loses power
-mid-update keeps running the old model.
+model's SHA-256: an unchanged model costs one empty 304 answer. A new one is checked before
+it replaces anything: every file against the SHA-256 that the bundle's ``version.json``
+lists, ``model.onnx`` also against what the server states beside the zip (the ``ETag``,
+and the version in ``X-Model-Version``), and, since whoever can rewrite the zip on the way
+can rewrite its ``version.json`` too, the model must load in onnxruntime and run on an
+input of the shape ``model.json`` states. Only then is it made current, by an atomic
+rename of the ``current`` file: a refused download or a device that loses power mid-update
+keeps running the old model.
+
+The cached files are checked against their hashes again whenever they are loaded (and
+again when they change on disk), and before an update answers "up to date": a copy
+changed on the device is never used, and the next update downloads it again.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ import os
 import shutil
 import tempfile
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,7 +58,8 @@ __all__ = [
 ]
 
 CACHE_ENV = "FEDGE_EDGE_CACHE"
-_BUNDLE = ("model.onnx", "model.json", "version.json")
+_HASHED = ("model.onnx", "model.json")  # version.json lists their SHA-256
+_BUNDLE = (*_HASHED, "version.json")
 
 
 def default_cache() -> Path:
@@ -77,6 +87,18 @@ class UpdateResult:
 
     changed: bool
     model: CachedModel
+    repaired: bool = False
+    """The cached copy was corrupt (changed on the device) and has been downloaded again."""
+
+
+@dataclass(frozen=True)
+class _Runtime:
+    """A cached version loaded into onnxruntime, and the state of its files when loaded
+    (``key``): files that change on disk are checked again."""
+
+    key: tuple[Any, ...]
+    session: ort.InferenceSession
+    input_shape: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -94,6 +116,64 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     first); the server's answers use it too."""
     e = np.exp(logits - logits.max(axis=1, keepdims=True))
     return e / e.sum(axis=1, keepdims=True)
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+def _mismatch(files: dict[str, bytes], meta: Any) -> str | None:
+    """What is wrong with ``files`` given their ``version.json`` (``meta``), or ``None``
+    when every file has the SHA-256 it lists."""
+    hashes = meta.get("files") if isinstance(meta, dict) else None
+    for name in _HASHED:
+        expected = hashes.get(name) if isinstance(hashes, dict) else None
+        if not isinstance(expected, str):
+            return f"version.json lists no SHA-256 of {name}"
+        if _sha256(files[name]) != expected:
+            return f"{name} does not match its SHA-256 in version.json"
+    return None
+
+
+def _open(files: dict[str, bytes]) -> tuple[ort.InferenceSession, tuple[int, ...]]:
+    """``model.onnx`` in onnxruntime, and ``model.json``'s input shape, checked by running
+    the model once on zeros of that shape; a :class:`ServingError` says what fails."""
+    try:
+        shape = tuple(int(d) for d in json.loads(files["model.json"])["input_shape"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ServingError(f"model.json is not a model spec ({_one_line(exc)})") from None
+    if not shape or not all(0 < d <= 1 << 16 for d in shape) or math.prod(shape) > 1 << 24:
+        raise ServingError(f"model.json states an impossible input shape {list(shape)}")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    try:
+        session = ort.InferenceSession(
+            files["model.onnx"], sess_options=options, providers=["CPUExecutionProvider"]
+        )
+        probe = np.zeros((1, *shape), dtype=np.float32)
+        session.run(None, {session.get_inputs()[0].name: probe})
+    except Exception as exc:  # onnxruntime raises its own types, for any model or input
+        raise ServingError(
+            f"onnxruntime cannot run model.onnx on the input shape {list(shape)} of "
+            f"model.json: {_one_line(exc)}"
+        ) from None
+    return session, shape
+
+
+def _file_state(folder: Path) -> tuple[Any, ...]:
+    """The folder and its files' inode, size and modification time."""
+    state: list[Any] = [folder]
+    for name in _HASHED:
+        try:
+            st = (folder / name).stat()
+            state.append((st.st_ino, st.st_size, st.st_mtime_ns))
+        except OSError:
+            state.append(None)
+    return tuple(state)
 
 
 def _server_error(response: httpx.Response) -> ServingError:
@@ -118,6 +198,9 @@ class EdgeApp:
         Folder holding downloaded models (default :func:`default_cache`).
     timeout:
         Seconds to wait for the server (default 30).
+    token:
+        An API token (``fedge tokens create``), sent as a bearer token with every request:
+        needed to send samples, and to download when the server protects reads.
     """
 
     def __init__(
@@ -127,12 +210,14 @@ class EdgeApp:
         cache: Path | None = None,
         *,
         timeout: float = 30.0,
+        token: str | None = None,
     ):
         self.model = model
         self.server = server.rstrip("/") if server else None
         self.cache = Path(cache) if cache is not None else default_cache()
         self.timeout = timeout
-        self._session: tuple[str, ort.InferenceSession] | None = None
+        self.token = token
+        self._runtime_cache: _Runtime | None = None
 
     @property
     def _folder(self) -> Path:
@@ -142,17 +227,20 @@ class EdgeApp:
         if self.server is None:
             raise ServingError("no server given: pass --server or set FEDGE_SERVER")
         url = f"{self.server}{path}"
+        if self.token:
+            auth = {"Authorization": f"Bearer {self.token}"}
+            kwargs["headers"] = {**kwargs.get("headers", {}), **auth}
         try:
             return httpx.request(method, url, timeout=self.timeout, **kwargs)
         except httpx.HTTPError as exc:
             raise ServingError(f"cannot reach the server at {self.server}: {exc}") from None
 
-    def cached(self) -> CachedModel | None:
-        """The model version in use on this device, or ``None`` before the first update."""
+    def _current(self) -> tuple[CachedModel, dict[str, Any]] | None:
+        """The version the ``current`` file names, and its ``version.json``, unchecked."""
         try:
             current = (self._folder / "current").read_text().strip()
             meta = json.loads((self._folder / current / "version.json").read_text())
-            return CachedModel(
+            model = CachedModel(
                 name=self.model,
                 version=int(meta["version"]),
                 sha256=str(meta["files"]["model.onnx"]),
@@ -162,47 +250,97 @@ class EdgeApp:
             return None
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ServingError(
-                f"the cached model in {self._folder} is corrupt ({exc}): delete it and update"
+                f"the cached model in {self._folder} is corrupt ({_one_line(exc)}): run "
+                f"`fedge edge update {self.model}` to download it again"
             ) from None
+        return model, meta
+
+    def _checked_files(self, model: CachedModel, meta: dict[str, Any]) -> dict[str, bytes]:
+        """The cached files of ``model``, checked against their hashes."""
+        what = f"the cached model {self.model!r} version {model.version} in {model.folder}"
+        fix = f"run `fedge edge update {self.model}` to download it again"
+        try:
+            files = {name: (model.folder / name).read_bytes() for name in _HASHED}
+        except OSError as exc:
+            raise ServingError(f"{what} is incomplete ({exc.strerror}): {fix}") from None
+        problem = _mismatch(files, meta)
+        if problem is None and not model.folder.name.endswith(f"-{model.sha256[:12]}"):
+            problem = "version.json does not name the model.onnx the folder was made for"
+        if problem is not None:
+            raise ServingError(f"{what} is corrupt: {problem}; {fix}")
+        return files
+
+    def cached(self) -> CachedModel | None:
+        """The model version in use on this device, or ``None`` before the first update.
+
+        Its files are checked against their hashes: a :class:`ServingError` if they
+        changed (:meth:`update` then downloads the version again)."""
+        found = self._current()
+        if found is None:
+            return None
+        self._checked_files(*found)
+        return found[0]
 
     def update(self) -> UpdateResult:
-        """Download the server's current version unless the cached one is it already."""
-        cached = self.cached()
+        """Download the server's current version unless the cached one is it already (and
+        intact); a download is checked before it replaces the version in use (see the
+        module docstring)."""
+        try:
+            cached, repaired = self.cached(), False
+        except ServingError:  # changed on the device: download it again
+            cached, repaired = None, True
         headers = {"If-None-Match": f'"{cached.sha256}"'} if cached else {}
         response = self._request("GET", f"/v2/models/{self.model}/download", headers=headers)
         if response.status_code == 304 and cached is not None:
             return UpdateResult(changed=False, model=cached)
         if response.status_code != 200:
             raise _server_error(response)
-        etag = response.headers.get("etag", "").removeprefix("W/").strip('"')
         try:
             with zipfile.ZipFile(io.BytesIO(response.content)) as zf:
                 files = {name: zf.read(name) for name in _BUNDLE}
             meta = json.loads(files["version.json"])
             version = int(meta["version"])
-        except (zipfile.BadZipFile, KeyError, ValueError, TypeError) as exc:
+        except (zipfile.BadZipFile, zlib.error, EOFError, KeyError, ValueError, TypeError) as exc:
             raise ServingError(
-                f"the downloaded bundle of {self.model!r} is corrupt: {exc}"
+                f"the downloaded bundle of {self.model!r} is corrupt: {_one_line(exc)}"
             ) from None
-        digest = hashlib.sha256(files["model.onnx"]).hexdigest()
-        if digest != etag or digest != meta.get("files", {}).get("model.onnx"):
-            raise ServingError(
-                f"the downloaded model.onnx of {self.model!r} does not match its ETag "
-                "(corrupted in transit?)"
-            )
+        kept = f"version {cached.version} stays in use" if cached else "nothing was installed"
+        refused = f"the download of {self.model!r} version {version} was refused"
+        etag = response.headers.get("etag", "").removeprefix("W/").strip('"')
+        stated = response.headers.get("x-model-version")
+        digest = _sha256(files["model.onnx"])
+        problem = _mismatch(files, meta)
+        if problem is None and digest != etag:
+            problem = "model.onnx does not match the server's ETag"
+        if problem is None and stated is not None and stated != str(version):
+            problem = f"the server sent version {stated}, version.json says {version}"
+        if problem is None:
+            try:
+                _open(files)
+            except ServingError as exc:
+                problem = str(exc)
+        if problem is not None:
+            raise ServingError(f"{refused}: {problem} (changed on the way?); {kept}")
         model = self._install(version, digest, files)
-        return UpdateResult(changed=cached is None or cached.sha256 != digest, model=model)
+        changed = cached is None or cached.sha256 != digest
+        return UpdateResult(changed=changed, model=model, repaired=repaired)
 
     def _install(self, version: int, digest: str, files: dict[str, bytes]) -> CachedModel:
+        """Write the checked ``files`` to a staging folder, rename it into place and only
+        then make it the version in use."""
         name = f"v{version}-{digest[:12]}"
         folder = self._folder / name
         try:
             self._folder.mkdir(parents=True, exist_ok=True)
-            if not folder.is_dir():
-                staging = Path(tempfile.mkdtemp(dir=self._folder, prefix=f".{name}."))
+            staging = Path(tempfile.mkdtemp(dir=self._folder, prefix=f".{name}."))
+            try:
                 for filename, data in files.items():
                     (staging / filename).write_bytes(data)
+                if folder.exists():  # a corrupt copy of the same version
+                    shutil.rmtree(folder)
                 os.replace(staging, folder)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
             pointer = self._folder / ".current.tmp"
             pointer.write_text(name)
             os.replace(pointer, self._folder / "current")
@@ -213,36 +351,41 @@ class EdgeApp:
             raise ServingError(f"cannot write the model cache {self._folder}: {exc}") from None
         return CachedModel(name=self.model, version=version, sha256=digest, folder=folder)
 
-    def _runtime(self, model: CachedModel) -> ort.InferenceSession:
-        if self._session is None or self._session[0] != model.sha256:
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = 1
-            session = ort.InferenceSession(
-                str(model.onnx_path), sess_options=options, providers=["CPUExecutionProvider"]
-            )
-            self._session = (model.sha256, session)
-        return self._session[1]
+    def _runtime(self, model: CachedModel, meta: dict[str, Any]) -> _Runtime:
+        """``model`` in onnxruntime: loaded, after checking its files, on first use and
+        whenever the files changed on disk since."""
+        key = _file_state(model.folder)
+        if self._runtime_cache is None or self._runtime_cache.key != key:
+            files = self._checked_files(model, meta)
+            try:
+                session, shape = _open(files)
+            except ServingError as exc:
+                raise ServingError(
+                    f"the cached model {self.model!r} version {model.version} does not load "
+                    f"({exc}): run `fedge edge update {self.model}` to download it again"
+                ) from None
+            self._runtime_cache = _Runtime(key, session, shape)
+        return self._runtime_cache
 
     def input_shape(self) -> tuple[int, ...]:
         """The shape of one example, from the cached model's spec."""
-        model = self._require()
-        spec = json.loads((model.folder / "model.json").read_text())
-        return tuple(int(d) for d in spec["input_shape"])
+        return self._runtime(*self._require()).input_shape
 
-    def _require(self) -> CachedModel:
-        model = self.cached()
-        if model is None:
+    def _require(self) -> tuple[CachedModel, dict[str, Any]]:
+        found = self._current()
+        if found is None:
             raise ServingError(
                 f"no cached model {self.model!r} in {self.cache}: run `fedge edge update "
                 f"{self.model}` first"
             )
-        return model
+        return found
 
     def predict(self, x: np.ndarray) -> Prediction:
         """Classify the examples ``x`` (``(n, *input_shape)`` or ``(n, features)``) with
         the cached model, on the device."""
-        model = self._require()
-        shape = self.input_shape()
+        model, meta = self._require()
+        runtime = self._runtime(model, meta)
+        shape = runtime.input_shape
         x = np.asarray(x, dtype=np.float32)
         if x.ndim >= 2 and x.shape[1:] != shape and math.prod(x.shape[1:]) == math.prod(shape):
             x = x.reshape(len(x), *shape)
@@ -253,8 +396,13 @@ class EdgeApp:
             )
         if not np.isfinite(x).all():
             raise DataError("inputs hold NaN or infinity")
-        session = self._runtime(model)
-        (logits,) = session.run(None, {session.get_inputs()[0].name: x})
+        session = runtime.session
+        try:
+            (logits,) = session.run(None, {session.get_inputs()[0].name: x})
+        except Exception as exc:  # onnxruntime raises its own types
+            raise ServingError(
+                f"the cached model {self.model!r} version {model.version} failed: {_one_line(exc)}"
+            ) from None
         return Prediction(
             labels=logits.argmax(axis=1),
             probabilities=softmax(logits),

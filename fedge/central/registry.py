@@ -231,11 +231,9 @@ class ModelRegistry:
         for key in self.store.list(prefix):
             alias = key[len(prefix) :].removesuffix(".json")
             try:
-                result[alias] = int(json.loads(self.store.get_bytes(key))["version"])
+                result[alias] = self._alias_target(key, self.store.get_bytes(key))
             except ObjectNotFound:
                 continue
-            except (ValueError, KeyError, TypeError) as exc:
-                raise RegistryError(f"alias file {key} in {self.store.url} is corrupt") from exc
         return result
 
     def get(self, name: str, ref: int | str | None = None) -> ModelVersion:
@@ -257,15 +255,24 @@ class ModelRegistry:
         check_alias(ref)
         key = f"{self._aliases_prefix(name)}{ref}.json"
         try:
-            number = int(json.loads(self.store.get_bytes(key))["version"])
+            number = self._alias_target(key, self.store.get_bytes(key))
         except ObjectNotFound:
             if not self.version_numbers(name):
                 raise self._unknown_model(name) from None
             known = ", ".join(sorted(self.aliases(name))) or "none"
             raise ModelNotFound(f"model {name!r} has no alias {ref!r} (aliases: {known})") from None
-        except (ValueError, KeyError, TypeError) as exc:
-            raise RegistryError(f"alias file {key} in {self.store.url} is corrupt") from exc
         return self._read(name, number)
+
+    def _alias_target(self, key: str, raw: bytes) -> int:
+        """The version number an alias file names: a JSON object whose ``version`` is a
+        positive integer; anything else is a corrupt alias."""
+        try:
+            number = json.loads(raw)["version"]
+        except (ValueError, KeyError, TypeError, RecursionError):
+            number = None
+        if isinstance(number, bool) or not isinstance(number, int) or number < 1:
+            raise RegistryError(f"alias file {key} in {self.store.url} is corrupt")
+        return number
 
     def _read(self, name: str, number: int) -> ModelVersion:
         key = f"{self._versions_prefix(name)}{number}.json"
@@ -283,7 +290,11 @@ class ModelRegistry:
         try:
             return ModelVersion.model_validate_json(raw)
         except ValidationError as exc:
-            raise RegistryError(f"manifest {key} in {self.store.url} is corrupt: {exc}") from None
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "the document"
+            raise RegistryError(
+                f"manifest {key} in {self.store.url} is corrupt ({where}: {first['msg']})"
+            ) from None
 
     def promote(self, name: str, ref: int | str, alias: str = "production") -> ModelVersion:
         """Point ``alias`` of model ``name`` at version ``ref`` (a number, or another alias
@@ -305,6 +316,51 @@ class ModelRegistry:
                 f"(files: {', '.join(sorted(version.files))})"
             )
         return self.store.get_blob(ref.sha256)
+
+    def check_files(self, version: ModelVersion, *, hashes: bool = True) -> dict[str, str]:
+        """File name to what is wrong with it (``missing`` or ``corrupt``) for each file of
+        ``version`` that is not intact; ``hashes=False`` only checks that blobs exist."""
+        problems = {}
+        for filename, ref in sorted(version.files.items()):
+            key = blob_key(ref.sha256)
+            if not hashes:
+                if not self.store.exists(key):
+                    problems[filename] = "missing"
+                continue
+            try:
+                self.store.get_blob(ref.sha256)
+            except ObjectNotFound:
+                problems[filename] = "missing"
+            except StorageError as exc:
+                problems[filename] = "corrupt" if "corrupt" in str(exc) else str(exc)
+        return problems
+
+    def verify(self, name: str) -> list[str]:
+        """Everything wrong with model ``name``: unreadable manifests and aliases, aliases
+        naming no version, and missing or corrupt files (every blob is hashed)."""
+        problems = []
+        numbers = self.version_numbers(name)
+        for number in numbers:
+            try:
+                version = self._read(name, number)
+            except RegistryError:
+                problems.append(f"v{number}: manifest is corrupt")
+                continue
+            for filename, what in self.check_files(version).items():
+                problems.append(f"v{number}: {filename} is {what}")
+        prefix = self._aliases_prefix(name)
+        for key in self.store.list(prefix):
+            alias = key[len(prefix) :].removesuffix(".json")
+            try:
+                target = self._alias_target(key, self.store.get_bytes(key))
+            except RegistryError:
+                problems.append(f"alias {alias} is corrupt")
+                continue
+            except ObjectNotFound:
+                continue
+            if target not in numbers:
+                problems.append(f"alias {alias} names version {target}, which does not exist")
+        return problems
 
     def download(self, version: ModelVersion, folder: Path) -> Path:
         """Write every file of ``version`` into ``folder`` (created); returns the folder."""

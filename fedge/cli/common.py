@@ -85,6 +85,7 @@ class FedgeGroup(TyperGroup):
         "train",
         "models",
         "serve",
+        "tokens",
         "edge",
         "server",
         "client",

@@ -30,11 +30,20 @@ CacheOption = Annotated[
     ),
 ]
 
+TokenOption = Annotated[
+    str | None,
+    typer.Option(
+        envvar="FEDGE_TOKEN",
+        help="API token (fedge tokens create): needed to send samples.",
+        show_default=False,
+    ),
+]
 
-def _app(model: str, server: str | None, cache: Path | None) -> Any:
+
+def _app(model: str, server: str | None, cache: Path | None, token: str | None = None) -> Any:
     from fedge.central.edge import EdgeApp
 
-    return EdgeApp(model, server, cache)
+    return EdgeApp(model, server, cache, token=token)
 
 
 @edge_app.command("update")
@@ -43,12 +52,18 @@ def edge_update(
     model: ModelArg,
     server: ServerOption = "http://127.0.0.1:8000",
     cache: CacheOption = None,
+    token: TokenOption = None,
 ) -> None:
-    """Download the model's served version unless this device has it already (ETag)."""
-    result = _app(model, server, cache).update()
+    """Download the model's served version unless this device has it already (ETag), intact.
+
+    A download replaces the version in use only once its files match their hashes and it
+    loads in onnxruntime; a cached copy changed on this device is downloaded again.
+    """
+    result = _app(model, server, cache, token).update()
     m = result.model
     if result.changed:
-        console.print(f"{model}: downloaded version {m.version} (sha256 {m.sha256[:12]})")
+        again = " again: the cached copy had changed on this device" if result.repaired else ""
+        console.print(f"{model}: downloaded version {m.version} (sha256 {m.sha256[:12]}){again}")
     else:
         console.print(f"{model}: version {m.version} is up to date")
 
@@ -64,11 +79,12 @@ def edge_predict(
     probabilities: Annotated[bool, typer.Option(help="Also print probabilities.")] = False,
     server: ServerOption = "http://127.0.0.1:8000",
     cache: CacheOption = None,
+    token: TokenOption = None,
 ) -> None:
     """Classify examples with the cached model, locally; prints one JSON object."""
     from fedge.central.edge import load_inputs
 
-    app = _app(model, server, cache)
+    app = _app(model, server, cache, token)
     if update:
         app.update()
     result = app.predict(load_inputs(inputs))
@@ -92,12 +108,13 @@ def edge_send(
     ],
     server: ServerOption = "http://127.0.0.1:8000",
     cache: CacheOption = None,
+    token: TokenOption = None,
 ) -> None:
     """Send labelled examples to the server; they become a new version of its dataset."""
     from fedge.central.edge import load_samples
 
     x, y = load_samples(samples)
-    answer = _app(model, server, cache).send(x, y)
+    answer = _app(model, server, cache, token).send(x, y)
     console.print(
         f"sent {answer['samples']} samples: dataset {answer['dataset']} version "
         f"{answer['version']} ({answer['total']} examples)",

@@ -26,6 +26,7 @@ from fedge.cli.edge import edge_app
 from fedge.cli.federation import client, server
 from fedge.cli.models import models_app
 from fedge.cli.serve import serve
+from fedge.cli.tokens import tokens_app
 from fedge.cli.train import data_upload, data_versions, train
 from fedge.errors import ConfigError
 
@@ -43,6 +44,7 @@ app.add_typer(data_app, name="data")
 app.command("train")(train)
 app.add_typer(models_app, name="models")
 app.command("serve")(serve)
+app.add_typer(tokens_app, name="tokens")
 app.add_typer(edge_app, name="edge")
 app.command("server")(server)
 app.command("client")(client)

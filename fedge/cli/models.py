@@ -51,6 +51,9 @@ def _when(version: Any) -> str:
 def models_list(store: StoreOption = None) -> None:
     """List the registered models: versions, newest version and aliases."""
     from rich.table import Table
+    from rich.text import Text
+
+    from fedge.errors import FedgeError
 
     registry = _registry(store)
     names = registry.list_models()
@@ -60,17 +63,63 @@ def models_list(store: StoreOption = None) -> None:
     table = Table(
         "model", "versions", "latest", "created (UTC)", "aliases", title=registry.store.url
     )
+    troubled = []
     for name in names:
-        latest = registry.get(name)
-        aliases = registry.aliases(name)
+        count = str(len(registry.version_numbers(name)))
+        try:  # one corrupt record must not hide the other models
+            latest = registry.get(name)
+            aliases = registry.aliases(name)
+            if registry.check_files(latest, hashes=False):
+                troubled.append(name)
+        except FedgeError as exc:
+            troubled.append(name)
+            table.add_row(name, count, "?", "", Text(f"unreadable: {exc}", style="red"))
+            continue
         table.add_row(
             name,
-            str(len(registry.version_numbers(name))),
+            count,
             str(latest.version),
             _when(latest),
             ", ".join(f"{a} → {v}" for a, v in sorted(aliases.items())),
         )
     console.print(table)
+    if troubled:
+        console.print(
+            f"{', '.join(troubled)}: corrupt records or missing files; "
+            "`fedge models verify` checks every file",
+            style="red",
+            markup=False,
+            soft_wrap=True,
+        )
+
+
+@models_app.command("verify")
+@friendly
+def models_verify(
+    names: Annotated[
+        list[str] | None,
+        typer.Argument(help="Models to check (default: all).", show_default=False),
+    ] = None,
+    store: StoreOption = None,
+) -> None:
+    """Check every version of every model: manifests and aliases readable, every file
+    present and matching its SHA-256. Exits non-zero if anything is wrong."""
+    registry = _registry(store)
+    bad = 0
+    for name in names or registry.list_models():
+        with console.status(f"verifying {name}", spinner="dots"):
+            problems = registry.verify(name)
+        if not problems:
+            count = len(registry.version_numbers(name))
+            console.print(f"{name}: {count} version{'s' if count != 1 else ''} ok", markup=False)
+            continue
+        bad += 1
+        for problem in problems:
+            prefix = f"{name} " if problem.startswith("v") else f"{name}: "
+            console.print(f"{prefix}{problem}", style="red", markup=False, soft_wrap=True)
+    if bad:
+        console.print(f"{bad} model{'s' if bad != 1 else ''} with problems", markup=False)
+        raise typer.Exit(1)
 
 
 @models_app.command("show")
@@ -121,10 +170,12 @@ def models_show(
     console.print(f"data version {v.data_version or '-'}", markup=False)
     console.print(f"source       {v.source or '-'}", soft_wrap=True, markup=False)
     console.print(f"config       {'recorded (--json shows it)' if v.config else '-'}")
-    files = Table("file", "bytes", "sha256", box=None)
-    files.columns[2].overflow = "fold"
+    files = Table("file", "bytes", "check", "sha256", box=None)
+    files.columns[3].overflow = "fold"
+    problems = registry.check_files(v)
     for filename, ref in sorted(v.files.items()):
-        files.add_row(filename, f"{ref.size:,}", ref.sha256)
+        state = Text(problems[filename], style="red") if filename in problems else Text("ok")
+        files.add_row(filename, f"{ref.size:,}", state, ref.sha256)
     console.print(files)
     if v.metrics:
         console.print("metrics")

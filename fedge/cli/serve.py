@@ -38,13 +38,25 @@ def serve(
     max_body_bytes: Annotated[int, typer.Option(help="Largest request body.")] = 8 << 20,
     threads: Annotated[int, typer.Option(help="onnxruntime intra-op threads.")] = 1,
     access_log: Annotated[bool, typer.Option(help="Log every request.")] = False,
+    auth_reads: Annotated[
+        bool,
+        typer.Option(help="Require a token for reads too (inference, metadata, downloads)."),
+    ] = False,
+    body_timeout: Annotated[
+        float, typer.Option(help="Seconds a request body may take to arrive (then 408).")
+    ] = 30.0,
+    header_timeout: Annotated[
+        float, typer.Option(help="Seconds a connection may take to send its headers.")
+    ] = 10.0,
     store: StoreOption = None,
 ) -> None:
     """Serve registry models over HTTP: KServe v2 (/v2/models/NAME/infer), POST /predict,
     model downloads with ETags (/v2/models/NAME/download) and sample uploads.
 
     The version an alias points at is served; a newly promoted version is picked up
-    within --poll seconds, without a restart.
+    within --poll seconds, without a restart. Sample uploads need a token (fedge tokens
+    create); reads are open unless --auth-reads. A model that cannot be loaded is
+    reported and retried while the others are served. API document at /openapi.json.
     """
     from fedge.central.registry import ModelRegistry
     from fedge.central.serving import ServeSettings, run_server
@@ -60,6 +72,9 @@ def serve(
         max_delay_ms=max_delay_ms,
         poll_seconds=poll,
         threads=threads,
+        auth_reads=auth_reads,
+        body_timeout_seconds=body_timeout,
+        header_timeout_seconds=header_timeout,
     )
 
     def listening(url: str) -> None:

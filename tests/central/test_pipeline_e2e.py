@@ -71,6 +71,9 @@ def test_upload_train_promote_edge_update_send_retrain(tmp_path, serve_process):
     assert "registered digits-mlp version 1 (data digits@1)" in out
     assert registry.get("digits-mlp", 1).metrics["final_test_accuracy"] > 0.85
     cli("models", "promote", "digits-mlp", "1", env=env)
+    # The device's credential for sending samples back (writes need a token).
+    made = runner.invoke(app, ["tokens", "create", "--model", "digits-mlp"], env=env)
+    env["FEDGE_TOKEN"] = made.stdout.strip()
 
     with serve_process(store, "--poll", 0.2, log=tmp_path / "server.log") as url:
         env["FEDGE_SERVER"] = url

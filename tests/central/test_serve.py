@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 from fedge.central import LocalStore, ModelRegistry, open_store, publish_model
 from fedge.central.datasets import DatasetArrays, DatasetStore
 from fedge.central.serving import MicroBatcher
+from fedge.central.tokens import TokenStore
 from fedge.cli.main import app
 from fedge.models.spec import build_model, preset_spec
 
@@ -44,6 +45,12 @@ def registry(tmp_path_factory):
     registry.promote("digits", 1)
     registry.promote("swap", 1)
     return registry
+
+
+@pytest.fixture(scope="module")
+def auth(registry):
+    """Headers with a write token for every model and dataset."""
+    return {"Authorization": f"Bearer {TokenStore(registry.store).create(['*'])}"}
 
 
 @pytest.fixture(scope="module")
@@ -206,14 +213,14 @@ def test_download_has_version_etag_and_answers_304(url, registry):
     assert hashlib.sha256(raw.content).hexdigest() == raw.headers["etag"].strip('"')
 
 
-def test_samples_are_appended_as_dataset_versions(url, registry):
+def test_samples_are_appended_as_dataset_versions(url, registry, auth):
     rng = np.random.default_rng(3)
     x = rng.normal(size=(4, 1, 8, 8)).astype(np.float32)
     y = [0, 3, 9, 3]
     body = {"instances": x.tolist(), "labels": y}
-    first = httpx.post(f"{url}/v2/models/digits/samples", json=body)
+    first = httpx.post(f"{url}/v2/models/digits/samples", json=body, headers=auth)
     assert first.status_code == 201, first.text
-    second = httpx.post(f"{url}/v2/models/digits/samples", json=body).json()
+    second = httpx.post(f"{url}/v2/models/digits/samples", json=body, headers=auth).json()
     # "digits" records no training data version: its samples go to a dataset "digits".
     assert first.json() | {"sha256": None} == {
         "dataset": "digits",
@@ -233,14 +240,16 @@ def test_samples_are_appended_as_dataset_versions(url, registry):
     assert arrays.num_classes == 10
 
 
-def test_samples_go_to_the_dataset_the_model_was_trained_on(url, registry):
+def test_samples_go_to_the_dataset_the_model_was_trained_on(url, registry, auth):
     v = registry.get("digits", 1)
     files = {name: registry.read_file(v, name) for name in v.files}
     registry.register("trained", files, data_version="mnist8@1")
     registry.promote("trained", 1)
     x = np.ones((2, 64), dtype=np.float32)
     r = httpx.post(
-        f"{url}/v2/models/trained/samples", json={"instances": x.tolist(), "labels": [1, 2]}
+        f"{url}/v2/models/trained/samples",
+        json={"instances": x.tolist(), "labels": [1, 2]},
+        headers=auth,
     )
     assert r.status_code == 201, r.text
     assert r.json()["ref"] == "mnist8@1"
@@ -250,7 +259,8 @@ def test_samples_go_to_the_dataset_the_model_was_trained_on(url, registry):
     registry.register("wrong", files, data_version="other@1")
     registry.promote("wrong", 1)
     r = httpx.post(
-        f"{url}/v2/models/wrong/samples", json={"instances": x.tolist(), "labels": [1, 2]}
+        f"{url}/v2/models/wrong/samples", json={"instances": x.tolist(), "labels": [1, 2]},
+        headers=auth,
     )
     assert r.status_code == 409
     assert "cannot take these samples" in r.json()["error"]
@@ -381,10 +391,11 @@ BAD = {
 
 
 @pytest.mark.parametrize("case", list(BAD))
-def test_bad_input_gets_a_4xx_json_error_naming_the_problem(url, case):
+def test_bad_input_gets_a_4xx_json_error_naming_the_problem(url, case, auth):
     path, body, status, message = BAD[case]
     content = body if isinstance(body, bytes) else json.dumps(body).encode()
-    r = httpx.post(f"{url}{path}", content=content, headers={"content-type": "application/json"})
+    headers = {"content-type": "application/json", **auth}
+    r = httpx.post(f"{url}{path}", content=content, headers=headers)
     assert r.status_code == status, r.text
     assert r.headers["content-type"] == "application/json"
     alternatives = message if isinstance(message, tuple) else (message,)

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Awaitable, Callable
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from fedge.errors import RequestRejected
 
-__all__ = ["Handler", "etag_matches", "json_error", "read_body", "rejecting"]
+__all__ = ["Handler", "etag_matches", "json_error", "read_body"]
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -19,21 +20,11 @@ def json_error(message: str, status: int) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
-def rejecting(handler: Handler) -> Handler:
-    """Answer a :class:`RequestRejected` raised by ``handler`` with its JSON error."""
-
-    async def wrapped(request: Request) -> Response:
-        try:
-            return await handler(request)
-        except RequestRejected as exc:
-            return json_error(str(exc), exc.status)
-
-    wrapped.__name__ = handler.__name__
-    return wrapped
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it exceeds ``limit`` bytes."""
+async def read_body(request: Request, limit: int, timeout: float | None = None) -> bytes:
+    """The request body, refused with 413 as soon as it exceeds ``limit`` bytes, and with
+    408 if it has not all arrived ``timeout`` seconds after the handler asked for it (a
+    client that sends half a body and stalls must not hold a connection and a task
+    forever). A client that goes away while sending is a 499, logged as one line."""
     declared = request.headers.get("content-length")
     if declared is not None:
         size = int(declared) if re.fullmatch(r"[0-9]{1,18}", declared) else None
@@ -42,11 +33,19 @@ async def read_body(request: Request, limit: int) -> bytes:
         if size > limit:
             raise RequestRejected(f"request body of {size} bytes exceeds the limit of {limit}", 413)
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise RequestRejected(f"request body exceeds the limit of {limit} bytes", 413)
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise RequestRejected(f"request body exceeds the limit of {limit} bytes", 413)
+                chunks.append(chunk)
+    except TimeoutError:
+        raise RequestRejected(
+            f"the request body did not arrive within {timeout:g} s ({size} bytes came)", 408
+        ) from None
+    except ClientDisconnect:
+        raise RequestRejected("the client went away while sending its request", 499) from None
     return b"".join(chunks)
 
 

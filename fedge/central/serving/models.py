@@ -16,11 +16,19 @@ served within ``poll`` seconds plus the load time (milliseconds for small models
 
 Versions asked for by number (``/v2/models/{name}/versions/{n}/...``) are loaded on
 demand too; at most ``keep`` versions that no alias currently points at stay loaded.
+
+**A broken model never takes the others down.** A model whose alias file is garbage,
+whose manifest is corrupt, or whose blob is truncated or missing (or not a model
+onnxruntime can load) is recorded as broken with the reason: its routes answer 503 with
+that reason (the store's location left out), ``/v2/models/{name}/ready`` says false, every
+other model is served as usual, and :meth:`ModelPool.refresh` tries it again every poll
+until it loads.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import logging
@@ -39,7 +47,7 @@ from fedge.central.export import ONNX_FILE
 from fedge.central.registry import LATEST, SPEC_FILE, ModelRegistry, ModelVersion, check_alias
 from fedge.central.serving.batcher import MicroBatcher
 from fedge.central.versions import parse_version
-from fedge.errors import ModelNotFound, RegistryError, RequestRejected
+from fedge.errors import FedgeError, ModelNotFound, RegistryError, RequestRejected
 
 __all__ = ["BUNDLE_MANIFEST", "LoadedModel", "ModelPool", "bundle_zip"]
 
@@ -148,7 +156,27 @@ class ModelPool:
         self._current: dict[str, LoadedModel] = {}
         self._pinned: OrderedDict[tuple[str, int], LoadedModel] = OrderedDict()
         self._loading: dict[tuple[str, int], asyncio.Task[LoadedModel]] = {}
+        self._broken: dict[str, str] = {}
         self._lock = asyncio.Lock()
+
+    @property
+    def broken(self) -> dict[str, str]:
+        """Model name to why it cannot be served (retried on every refresh)."""
+        return dict(self._broken)
+
+    def _public(self, exc: BaseException) -> str:
+        """What went wrong, for an HTTP answer: the store's location left out."""
+        text = str(exc) if isinstance(exc, FedgeError) else f"{type(exc).__name__}: {exc}"
+        places = {self.registry.store.url, str(getattr(self.registry.store, "root", ""))}
+        for where in sorted(places, key=len, reverse=True):
+            if where:
+                text = text.replace(f" in {where}", "").replace(where, "the store")
+        return text[:500]
+
+    def _unavailable(self, name: str) -> RequestRejected:
+        return RequestRejected(
+            f"model {name!r} cannot be served: {self._broken[name]} (retried every poll)", 503
+        )
 
     @property
     def served(self) -> dict[str, int]:
@@ -248,31 +276,71 @@ class ModelPool:
             raise RequestRejected(str(exc), 404) from None
 
     async def current(self, name: str) -> LoadedModel:
-        """The version of ``name`` that the alias points at (loaded on first use)."""
+        """The version of ``name`` that the alias points at (loaded on first use); a 503
+        for a model recorded as broken."""
         model = self._current.get(name)
         if model is not None:
             return model
+        if name in self._broken:
+            raise self._unavailable(name)
         async with self._lock:
             model = self._current.get(name)
             if model is None:
-                model = await self._loaded(await self._resolve(name, self.alias))
-                self._current[name] = model
-                log.info("serving %s version %d (%s)", name, model.number, self.alias)
+                if name in self._broken:
+                    raise self._unavailable(name)
+                model = await self._load_current(name)
         return model
+
+    async def _load_current(self, name: str) -> LoadedModel:
+        """Load the aliased version of ``name`` into ``_current``; on any failure but a
+        client's mistake, record ``name`` as broken and raise its 503."""
+        try:
+            model = await self._loaded(await self._resolve(name, self.alias))
+        except RequestRejected:
+            raise
+        except Exception as exc:
+            reason = self._public(exc)
+            if self._broken.get(name) != reason:
+                log.error("cannot serve %s: %s", name, exc)
+            self._broken[name] = reason
+            raise self._unavailable(name) from None
+        self._current[name] = model
+        if self._broken.pop(name, None) is not None:
+            log.info("%s loads again", name)
+        log.info("serving %s version %d (%s)", name, model.number, self.alias)
+        return model
+
+    async def retry_broken(self) -> None:
+        """Try every broken model again (called by :meth:`watch`)."""
+        for name in list(self._broken):
+            async with self._lock:
+                if name in self._current:
+                    self._broken.pop(name, None)
+                    continue
+                with contextlib.suppress(RequestRejected):
+                    await self._load_current(name)
 
     async def version(self, name: str, ref: str) -> LoadedModel:
         """Version ``ref`` of ``name``: a number, or an alias (looked up on every call)."""
-        number = parse_version(ref)
-        if number is None:
-            number = (await self._resolve(name, ref)).version
-        current = self._current.get(name)
-        if current is not None and current.number == number:
-            return current
-        model = self._pinned.get((name, number))
-        if model is None:
-            model = await self._loaded(await self._resolve(name, number))
-            self._pinned[(name, number)] = model
-            self._evict()
+        try:
+            number = parse_version(ref)
+            if number is None:
+                number = (await self._resolve(name, ref)).version
+            current = self._current.get(name)
+            if current is not None and current.number == number:
+                return current
+            model = self._pinned.get((name, number))
+            if model is None:
+                model = await self._loaded(await self._resolve(name, number))
+                self._pinned[(name, number)] = model
+                self._evict()
+        except RequestRejected:
+            raise
+        except Exception as exc:
+            log.error("cannot serve %s version %s: %s", name, ref, exc)
+            raise RequestRejected(
+                f"version {ref} of model {name!r} cannot be served: {self._public(exc)}", 503
+            ) from None
         self._pinned.move_to_end((name, number))
         return model
 
@@ -307,6 +375,7 @@ class ModelPool:
         while True:
             await asyncio.sleep(poll)
             await self.refresh()
+            await self.retry_broken()
 
     async def close(self) -> None:
         """Stop every batcher after it has answered what it holds."""

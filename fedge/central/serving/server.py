@@ -11,7 +11,8 @@ import uvicorn
 from fedge.central.registry import ModelRegistry, check_alias
 from fedge.central.serving.app import create_app
 from fedge.central.serving.settings import ServeSettings
-from fedge.errors import ConfigError, ServingError
+from fedge.central.serving.timeouts import protocol_with_header_timeout
+from fedge.errors import ConfigError, FedgeError, ModelNotFound, ServingError
 
 __all__ = ["bind_socket", "run_server"]
 
@@ -59,8 +60,17 @@ def run_server(
             raise ConfigError(f"{what} must be at least 1, got {value}")
     if settings.max_delay_ms < 0 or settings.poll_seconds <= 0:
         raise ConfigError("max delay must be >= 0 and the poll interval > 0")
+    if settings.body_timeout_seconds <= 0 or settings.header_timeout_seconds <= 0:
+        raise ConfigError("the body and header timeouts must be positive")
     for name in settings.models:
-        registry.get(name, settings.alias)
+        # A model that does not exist, or lacks the alias, is a mistake in the command; a
+        # model whose files are corrupt is served as broken (503) while the rest run.
+        try:
+            registry.get(name, settings.alias)
+        except ModelNotFound:
+            raise
+        except FedgeError:
+            pass
     sock = bind_socket(host, port)
     bound = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
@@ -68,6 +78,7 @@ def run_server(
         on_listen(f"http://{shown}:{bound}")
     config = uvicorn.Config(
         create_app(registry, settings),
+        http=protocol_with_header_timeout(settings.header_timeout_seconds),
         log_level="warning",
         access_log=access_log,
         lifespan="on",

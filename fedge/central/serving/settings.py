@@ -30,6 +30,14 @@ class ServeSettings:
         How often the aliases are re-read to pick up promotions (default 2 s).
     threads:
         onnxruntime intra-op threads (default 1).
+    auth_reads:
+        Whether reads (inference, metadata, downloads) need a token too (default
+        ``False``: only writes do). Health checks and ``/openapi.json`` stay open.
+    body_timeout_seconds:
+        How long a request body may take to arrive in full (default 30 s); then 408.
+    header_timeout_seconds:
+        How long a connection may take to send a request's headers (default 10 s); then
+        it is closed, which frees it from a client that never finishes them.
     """
 
     alias: str = "production"
@@ -40,3 +48,6 @@ class ServeSettings:
     max_delay_ms: float = 2.0
     poll_seconds: float = 2.0
     threads: int = 1
+    auth_reads: bool = False
+    body_timeout_seconds: float = 30.0
+    header_timeout_seconds: float = 10.0

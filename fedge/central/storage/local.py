@@ -5,6 +5,11 @@ folder, are flushed to disk, and are then renamed over the target (``os.replace`
 reader or a crash never leaves half an object behind. Create-if-absent hard-links the
 finished temporary file to the key (``os.link`` fails if the key exists), which is atomic
 on every POSIX file system.
+
+A temporary file is named after its writer (``.<name>.<host>-<pid>.<random>.tmp``): the
+first write into a folder removes the temporary files there whose writer was killed before
+it could (see :mod:`fedge.central.scratch`), so an interrupted upload leaves nothing
+behind once the store is written again.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from fedge.central.scratch import owner_tag, sweep_temp_files
 from fedge.central.storage.base import ObjectStore, check_key, check_prefix
 from fedge.errors import ObjectNotFound, StorageError
 
@@ -58,6 +64,7 @@ class LocalStore(ObjectStore):
     def __init__(self, root: Path | str, *, fsync: bool = True):
         self.root = Path(root).expanduser().resolve()
         self.fsync = fsync
+        self._swept: set[Path] = set()
 
     @property
     def url(self) -> str:
@@ -76,7 +83,12 @@ class LocalStore(ObjectStore):
         tmp: Path | None = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            if path.parent not in self._swept:
+                sweep_temp_files(path.parent)
+                self._swept.add(path.parent)
+            fd, name = tempfile.mkstemp(
+                dir=path.parent, prefix=f".{path.name}.{owner_tag()}.", suffix=".tmp"
+            )
             tmp = Path(name)
             with os.fdopen(fd, "wb") as f:
                 yield path, tmp, f
