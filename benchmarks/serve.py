@@ -9,9 +9,17 @@ The load generator is an asyncio httpx client with C connections, each sending i
 request as soon as the last one is answered, for ``--seconds`` per case after a warm-up.
 Client and servers share this machine's cores: compare numbers only within one run.
 
+The load generator runs in a process of its own (``--generate``), so that the server's
+event loop and the client's do not share one Python interpreter.
+
+A second case appends samples: ``--appends`` devices each upload one labelled sample to
+``POST /v2/models/NAME/samples`` at the same moment (with a write token), then the newest
+dataset version is checked to hold every one of them; the same uploads made one after
+another give the baseline.
+
 Usage::
 
-    python benchmarks/serve.py                          # concurrency 1 and 32, 10 s each
+    python benchmarks/serve.py                          # concurrency 1, 32 and 200, 10 s each
     python benchmarks/serve.py --seconds 1 --warmup 0.2 # smoke run
 
 Target of issue 5: at concurrency 32, at least 3x the Flask endpoint's requests per second.
@@ -149,6 +157,60 @@ async def load(url: str, body: bytes, concurrency: int, seconds: float, warmup: 
     }
 
 
+def generate(url: str, body: bytes, concurrency: int, seconds: float, warmup: float) -> dict:
+    """:func:`load` in a separate process (this script with ``--generate``)."""
+    out = subprocess.run(
+        [sys.executable, __file__, "--generate", url, str(concurrency), str(seconds), str(warmup)],
+        input=body,
+        capture_output=True,
+        check=True,
+    )
+    return json.loads(out.stdout)
+
+
+def appends(url: str, token: str, store: Path, devices: int) -> dict:
+    """``devices`` one-sample uploads at once, then one after another; checks that the
+    newest dataset version holds every sample of each round."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from fedge.central import LocalStore
+    from fedge.central.datasets import DatasetStore
+
+    headers = {"Authorization": f"Bearer {token}"}
+    datasets = DatasetStore(LocalStore(store))
+
+    def upload(tag: int) -> int:
+        x = np.full((1, 1, 28, 28), tag / 10_000, np.float32)
+        body = {"instances": x.tolist(), "labels": [tag % 10]}
+        return httpx.post(
+            f"{url}/v2/models/lenet/samples", json=body, headers=headers, timeout=120
+        ).status_code
+
+    def held() -> set[int]:
+        newest = datasets.load(datasets.get("lenet"))
+        return set(np.round(newest.x[:, 0, 0, 0] * 10_000).astype(int).tolist())
+
+    result = {}
+    for mode, tags in (
+        ("parallel", range(1, devices + 1)),
+        ("sequential", range(devices + 1, 2 * devices + 1)),
+    ):
+        start = time.perf_counter()
+        if mode == "parallel":
+            with ThreadPoolExecutor(devices) as pool:
+                statuses = list(pool.map(upload, tags))
+        else:
+            statuses = [upload(t) for t in tags]
+        elapsed = time.perf_counter() - start
+        lost = set(tags) - held()
+        result[mode] = {
+            "appends_per_s": devices / elapsed,
+            "created": statuses.count(201),
+            "lost": len(lost),
+        }
+    return result
+
+
 def register_lenet(store: Path) -> Path:
     """Register a LeNet with random weights (production → 1); returns its ONNX file."""
     from fedge.central import LocalStore, ModelRegistry, publish_model
@@ -174,8 +236,18 @@ def ensure_flask() -> None:
 
 
 def main() -> None:
+    if len(sys.argv) == 6 and sys.argv[1] == "--generate":
+        url, c, seconds, warmup = (
+            sys.argv[2],
+            int(sys.argv[3]),
+            float(sys.argv[4]),
+            float(sys.argv[5]),
+        )
+        print(json.dumps(asyncio.run(load(url, sys.stdin.buffer.read(), c, seconds, warmup))))
+        return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32])
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32, 200])
+    parser.add_argument("--appends", type=int, default=32, help="devices uploading at once")
     parser.add_argument("--seconds", type=float, default=10.0, help="measured time per case")
     parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured time per case")
     parser.add_argument("--max-delay-ms", type=float, default=2.0, help="fedge serve batching")
@@ -211,7 +283,7 @@ def main() -> None:
                 ).json()
                 print(f"{name}: prediction {check['prediction']} for the benchmark example")
                 for c in args.concurrency:
-                    r = asyncio.run(load(url, body, c, args.seconds, args.warmup))
+                    r = generate(url, body, c, args.seconds, args.warmup)
                     results[(name, c)] = r
                     print(
                         f"{name:5s} concurrency {c:3d}: {r['requests_per_s']:8.1f} req/s  "
@@ -219,6 +291,21 @@ def main() -> None:
                         f"failures {r['failures']}",
                         flush=True,
                     )
+                if name == "fedge" and args.appends:
+                    from fedge.central import LocalStore
+                    from fedge.central.tokens import TokenStore
+
+                    token = TokenStore(LocalStore(tmp_path / "store")).create(["model:lenet"])
+                    a = appends(url, token, tmp_path / "store", args.appends)
+                    for mode, r in a.items():
+                        print(
+                            f"fedge {args.appends} sample uploads, {mode:10s}: "
+                            f"{r['appends_per_s']:7.1f} appends/s  201s {r['created']}  "
+                            f"samples lost {r['lost']}",
+                            flush=True,
+                        )
+                    ratio = a["parallel"]["appends_per_s"] / a["sequential"]["appends_per_s"]
+                    print(f"parallel / sequential appends = {ratio:.2f}x")
         for c in args.concurrency:
             ratio = (
                 results[("fedge", c)]["requests_per_s"] / results[("flask", c)]["requests_per_s"]
