@@ -319,13 +319,17 @@ class ModelRegistry:
 
     def check_files(self, version: ModelVersion, *, hashes: bool = True) -> dict[str, str]:
         """File name to what is wrong with it (``missing`` or ``corrupt``) for each file of
-        ``version`` that is not intact; ``hashes=False`` only checks that blobs exist."""
+        ``version`` that is not intact; ``hashes=False`` checks only that each blob exists
+        with the recorded size (one metadata request per file, which catches truncation)."""
         problems = {}
         for filename, ref in sorted(version.files.items()):
             key = blob_key(ref.sha256)
             if not hashes:
-                if not self.store.exists(key):
+                size = self.store.size(key)
+                if size is None:
                     problems[filename] = "missing"
+                elif size != ref.size:
+                    problems[filename] = "corrupt"
                 continue
             try:
                 self.store.get_blob(ref.sha256)

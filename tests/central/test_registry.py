@@ -159,6 +159,9 @@ class _StaleListing(ObjectStore):
     def exists(self, key):
         return self.inner.exists(key)
 
+    def size(self, key):
+        return self.inner.size(key)
+
     def delete(self, key):
         self.inner.delete(key)
 

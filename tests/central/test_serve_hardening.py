@@ -242,7 +242,9 @@ def test_models_verify_finds_missing_and_truncated_blobs(tmp_path):
     assert ok.exit_code == 0, ok.output
     listing = runner.invoke(app, ["models", "list", "--store", store])
     assert listing.exit_code == 0
-    assert "fedge models verify" in " ".join(listing.output.split())
+    (warning,) = [line for line in listing.output.splitlines() if "models verify" in line]
+    flagged = set(warning.split(":")[0].split(", "))
+    assert flagged == {"alias-garbage", "blob-missing", "blob-truncated", "manifest-bad"}
 
 
 # --- slow and vanishing clients -------------------------------------------------------------

@@ -98,6 +98,12 @@ def test_get_file_of_missing_key_writes_nothing(store, tmp_path):
     assert not (tmp_path / "dest.bin").exists()
 
 
+def test_size_is_the_stored_byte_count_or_none(store):
+    store.put_bytes("a/b.bin", b"x" * 1234)
+    assert store.size("a/b.bin") == 1234
+    assert store.size("a/missing.bin") is None
+
+
 def test_put_file_of_missing_file_is_a_storage_error(store, tmp_path):
     with pytest.raises(StorageError, match=r"no-such-file"):
         store.put_file("k", tmp_path / "no-such-file")

@@ -115,6 +115,10 @@ class ObjectStore(ABC):
         """Whether an object is stored under ``key``."""
 
     @abstractmethod
+    def size(self, key: str) -> int | None:
+        """Bytes stored under ``key``, or ``None`` if nothing is (one metadata request)."""
+
+    @abstractmethod
     def list(self, prefix: str = "") -> list[str]:
         """Sorted keys of all objects whose key starts with ``prefix``."""
 

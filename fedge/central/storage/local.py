@@ -164,6 +164,13 @@ class LocalStore(ObjectStore):
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
 
+    def size(self, key: str) -> int | None:
+        path = self._path(key)
+        try:
+            return path.stat().st_size if path.is_file() else None
+        except OSError:
+            return None
+
     def list(self, prefix: str = "") -> list[str]:
         check_prefix(prefix)
         # Walk only the deepest folder the prefix names, then filter by the full prefix.

@@ -188,6 +188,17 @@ class S3Store(ObjectStore):
             raise self._fail(exc, "check", key) from None
         return True
 
+    def size(self, key: str) -> int | None:
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+        except ClientError as exc:
+            if _code(exc) in _NOT_FOUND:
+                return None
+            raise self._fail(exc, "check", key) from None
+        except BotoCoreError as exc:
+            raise self._fail(exc, "check", key) from None
+        return int(head["ContentLength"])
+
     def list(self, prefix: str = "") -> list[str]:
         check_prefix(prefix)
         keys = []
