@@ -44,6 +44,7 @@ import numpy as np
 import onnxruntime as ort
 
 from fedge.central.npfile import read_npy, read_npz
+from fedge.central.signing import load_public_key, verify_version
 from fedge.errors import DataError, ServingError
 
 __all__ = [
@@ -201,6 +202,10 @@ class EdgeApp:
     token:
         An API token (``fedge tokens create``), sent as a bearer token with every request:
         needed to send samples, and to download when the server protects reads.
+    publisher_key:
+        The publisher's Ed25519 public key (base64, or a file holding it; see
+        :mod:`fedge.central.signing`): when given, only versions it signed are installed
+        or run.
     """
 
     def __init__(
@@ -211,12 +216,14 @@ class EdgeApp:
         *,
         timeout: float = 30.0,
         token: str | None = None,
+        publisher_key: str | None = None,
     ):
         self.model = model
         self.server = server.rstrip("/") if server else None
         self.cache = Path(cache) if cache is not None else default_cache()
         self.timeout = timeout
         self.token = token
+        self.publisher = load_public_key(publisher_key) if publisher_key else None
         self._runtime_cache: _Runtime | None = None
 
     @property
@@ -263,12 +270,33 @@ class EdgeApp:
             files = {name: (model.folder / name).read_bytes() for name in _HASHED}
         except OSError as exc:
             raise ServingError(f"{what} is incomplete ({exc.strerror}): {fix}") from None
-        problem = _mismatch(files, meta)
+        problem = _mismatch(files, meta) or self._unsigned(files, meta)
         if problem is None and not model.folder.name.endswith(f"-{model.sha256[:12]}"):
             problem = "version.json does not name the model.onnx the folder was made for"
         if problem is not None:
             raise ServingError(f"{what} is corrupt: {problem}; {fix}")
         return files
+
+    def _unsigned(self, files: dict[str, bytes], meta: Any) -> str | None:
+        """What is wrong with the publisher's signature on ``files`` (``None`` if it
+        verifies, or if no publisher key is configured)."""
+        if self.publisher is None:
+            return None
+        if meta.get("signature") is None:
+            return "it is not signed, and a publisher key is required"
+        signed = meta.get("signed_files")
+        if not isinstance(signed, dict) or any(
+            signed.get(name) != _sha256(files[name]) for name in _HASHED
+        ):
+            return "its files are not the ones the publisher signed"
+        try:
+            name, version = str(meta["name"]), int(meta["version"])
+        except (KeyError, TypeError, ValueError):
+            return "version.json does not say which version it is"
+        problem = verify_version(self.publisher, name, version, signed, meta.get("signature"))
+        if problem is None and name != self.model:
+            problem = f"it is a signed version of {name!r}, not of {self.model!r}"
+        return problem
 
     def cached(self) -> CachedModel | None:
         """The model version in use on this device, or ``None`` before the first update.
@@ -309,7 +337,7 @@ class EdgeApp:
         etag = response.headers.get("etag", "").removeprefix("W/").strip('"')
         stated = response.headers.get("x-model-version")
         digest = _sha256(files["model.onnx"])
-        problem = _mismatch(files, meta)
+        problem = _mismatch(files, meta) or self._unsigned(files, meta)
         if problem is None and digest != etag:
             problem = "model.onnx does not match the server's ETag"
         if problem is None and stated is not None and stated != str(version):

@@ -25,8 +25,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import BaseModel, ConfigDict, NonNegativeInt, PositiveInt, ValidationError
 
+from fedge.central.signing import Signature, sign_version, signing_key_from_env
 from fedge.central.storage.base import ObjectStore, blob_key, file_sha256
 from fedge.central.versions import (
     MAX_ATTEMPTS,
@@ -73,6 +75,7 @@ class ModelVersion(BaseModel):
     data_version: str | None = None
     config: dict[str, Any] | None = None
     source: str | None = None
+    signature: Signature | None = None
 
     def model_spec(self) -> ModelSpec:
         """The version's model spec, validated."""
@@ -115,8 +118,11 @@ class ModelRegistry:
         Where manifests, aliases and files live (a :class:`LocalStore` or :class:`S3Store`).
     """
 
-    def __init__(self, store: ObjectStore):
+    def __init__(self, store: ObjectStore, *, signing_key: Ed25519PrivateKey | str | None = "env"):
         self.store = store
+        #: Signs every new version (see :mod:`fedge.central.signing`); by default the key
+        #: ``$FEDGE_SIGNING_KEY`` names, if set.
+        self.signing_key = signing_key_from_env() if signing_key == "env" else signing_key
 
     def _versions_prefix(self, name: str) -> str:
         return f"models/{name}/versions/"
@@ -187,6 +193,8 @@ class ModelRegistry:
             filename: FileRef(sha256=self.store.put_blob(data), size=len(data))
             for filename, data in files.items()
         }
+        hashes = {filename: ref.sha256 for filename, ref in refs.items()}
+        key = self.signing_key
         version = create_next_version(
             self.store,
             self._versions_prefix(name),
@@ -200,6 +208,7 @@ class ModelRegistry:
                 data_version=data_version,
                 config=config_data,
                 source=source,
+                signature=sign_version(key, name, n, hashes) if key is not None else None,
             ),
         )
         if version is None:

@@ -39,11 +39,27 @@ TokenOption = Annotated[
     ),
 ]
 
+PublisherOption = Annotated[
+    str | None,
+    typer.Option(
+        envvar="FEDGE_PUBLISHER_KEY",
+        help="The publisher's public key (fedge models keygen): install and run only "
+        "versions it signed.",
+        show_default=False,
+    ),
+]
 
-def _app(model: str, server: str | None, cache: Path | None, token: str | None = None) -> Any:
+
+def _app(
+    model: str,
+    server: str | None,
+    cache: Path | None,
+    token: str | None = None,
+    publisher_key: str | None = None,
+) -> Any:
     from fedge.central.edge import EdgeApp
 
-    return EdgeApp(model, server, cache, token=token)
+    return EdgeApp(model, server, cache, token=token, publisher_key=publisher_key)
 
 
 @edge_app.command("update")
@@ -53,13 +69,14 @@ def edge_update(
     server: ServerOption = "http://127.0.0.1:8000",
     cache: CacheOption = None,
     token: TokenOption = None,
+    publisher_key: PublisherOption = None,
 ) -> None:
     """Download the model's served version unless this device has it already (ETag), intact.
 
     A download replaces the version in use only once its files match their hashes and it
     loads in onnxruntime; a cached copy changed on this device is downloaded again.
     """
-    result = _app(model, server, cache, token).update()
+    result = _app(model, server, cache, token, publisher_key).update()
     m = result.model
     if result.changed:
         again = " again: the cached copy had changed on this device" if result.repaired else ""
@@ -80,11 +97,12 @@ def edge_predict(
     server: ServerOption = "http://127.0.0.1:8000",
     cache: CacheOption = None,
     token: TokenOption = None,
+    publisher_key: PublisherOption = None,
 ) -> None:
     """Classify examples with the cached model, locally; prints one JSON object."""
     from fedge.central.edge import load_inputs
 
-    app = _app(model, server, cache, token)
+    app = _app(model, server, cache, token, publisher_key)
     if update:
         app.update()
     result = app.predict(load_inputs(inputs))

@@ -93,6 +93,25 @@ def models_list(store: StoreOption = None) -> None:
         )
 
 
+@models_app.command("keygen")
+@friendly
+def models_keygen(
+    key: Annotated[Path, typer.Argument(help="Where to write the private key (PEM, mode 0600).")],
+) -> None:
+    """Make a publisher key pair: versions registered with FEDGE_SIGNING_KEY=KEY are
+    signed, and devices given the printed public key (FEDGE_PUBLISHER_KEY) install only
+    versions it signed."""
+    from fedge.central.signing import create_key, public_key_text
+
+    public = public_key_text(create_key(key).public_key())
+    print(public)
+    typer.echo(
+        f"private key in {key}: keep it on the machine that registers models "
+        "(export FEDGE_SIGNING_KEY); give devices the public key above",
+        err=True,
+    )
+
+
 @models_app.command("verify")
 @friendly
 def models_verify(

@@ -64,8 +64,9 @@ _LISTED = 20
 
 def bundle_zip(version: ModelVersion, files: dict[str, bytes]) -> bytes:
     """The download bundle of ``version``: ``model.onnx``, ``model.json`` and
-    ``version.json`` (name, version, creation time, file hashes, metrics, data version) in
-    a zip whose bytes depend only on the contents."""
+    ``version.json`` (name, version, creation time, file hashes, metrics, data version,
+    and for a signed version its signature with the hashes it covers) in a zip whose bytes
+    depend only on the contents."""
     manifest = {
         "name": version.name,
         "version": version.version,
@@ -74,6 +75,10 @@ def bundle_zip(version: ModelVersion, files: dict[str, bytes]) -> bytes:
         "metrics": version.metrics,
         "data_version": version.data_version,
     }
+    if version.signature is not None:
+        # Signed over every file of the version, including those not in the bundle.
+        manifest["signed_files"] = {name: ref.sha256 for name, ref in version.files.items()}
+        manifest["signature"] = version.signature.model_dump()
     out = io.BytesIO()
     with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         entries = {**files, BUNDLE_MANIFEST: json.dumps(manifest, indent=2).encode()}
