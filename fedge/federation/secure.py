@@ -35,6 +35,7 @@ from fedge.privacy.secagg.messages import (
     shares_from_json,
     view_to_json,
 )
+from fedge.privacy.secagg.noisy import SkellamCodec
 
 __all__ = ["STAGES", "SecureRound"]
 
@@ -158,13 +159,16 @@ class SecureRound:
     def summary(self) -> dict[str, Any]:
         p = self.protocol
         view = p.view
-        return {
+        summary: dict[str, Any] = {
             "degree": self.plan.graph.degree,
             "threshold": self.plan.graph.threshold,
             "advertised": len(p.members),
             "summed": len(view.survivors) if view is not None else 0,
             "dropped": len(p.members) - (len(view.survivors) if view is not None else 0),
         }
+        if isinstance(self.plan.codec, SkellamCodec) and view is not None:
+            summary.update(self.plan.codec.noise_report(len(view.survivors)))
+        return summary
 
     def input_for(self, device: str) -> dict[str, Any]:
         """What ``device`` needs for the open stage, or that it waits or is out."""

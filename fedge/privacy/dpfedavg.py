@@ -248,7 +248,7 @@ class DPFedAvg(Wrapper):
             noise_std=self.sum_noise_multiplier * clip,
             expected_clients=self.expected_clients,
             seed=self.seed,
-            round=state.round + 1,
+            round=state.rounds_completed + 1,
             tally=tally,
         )
         inner = copy.copy(self.inner)
@@ -270,7 +270,7 @@ class DPFedAvg(Wrapper):
         """``new`` with the next C (adaptive clipping) from this round's unclipped count."""
         if self.adaptive is None:
             return new
-        generator = noise_generator(self.seed, state.round + 1, COUNT_NOISE)
+        generator = noise_generator(self.seed, state.rounds_completed + 1, COUNT_NOISE)
         fraction = self.adaptive.noisy_fraction(unclipped, self.expected_clients, generator)
         clip = self.adaptive.next_norm(clip, fraction)
         dp = {"clip_norm": torch.tensor(clip, dtype=torch.float64)}
@@ -307,7 +307,7 @@ class DPFedAvg(Wrapper):
         """(Σ clip(Δ) + N(0, (z_Δ·C)² I)) / m through the wrapped strategy's optimizer."""
         clip = self.current_clip_norm(state)
         total = sums["delta"].to(torch.float64).clone()
-        add_noise(total, self.sum_noise_multiplier * clip, self.seed, state.round + 1)
+        add_noise(total, self.sum_noise_multiplier * clip, self.seed, state.rounds_completed + 1)
         new = self.inner.apply_delta(
             state, unflatten_by_name(total / self.expected_clients, state.params)
         )

@@ -17,6 +17,10 @@ sensitivity: passing z itself would overstate the privacy.
 
 ``δ`` is the probability mass the guarantee may fail on; it should be well below 1/N.
 :func:`default_delta` is min(1e-5, N^-1.1).
+
+Distributed DP (``skellam``) has no dp-accounting event: a round is one Skellam mechanism
+(:mod:`fedge.privacy.skellam`), whose RDP curve the ledger composes itself (RDP adds up
+over rounds) and converts with dp-accounting's conversion, as for the Gaussian rounds.
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ from fedge.errors import ConfigError
 
 if TYPE_CHECKING:
     import dp_accounting
+
+    from fedge.privacy.skellam import SkellamParameters
 
 __all__ = ["PrivacyLedger", "calibrate_noise_multiplier", "default_delta", "round_event"]
 
@@ -108,6 +114,9 @@ class PrivacyLedger:
     amplified:
         Whether the cohorts are uniform random samples, which amplify privacy; a
         deployment's are not (:func:`round_event`).
+    skellam:
+        Distributed DP: each round is this Skellam mechanism, without amplification
+        (``local`` and ``amplified`` do not apply).
     """
 
     num_clients: int
@@ -116,6 +125,7 @@ class PrivacyLedger:
     delta: float
     local: bool = False
     amplified: bool = True
+    skellam: SkellamParameters | None = None
     _orders: np.ndarray = field(init=False, repr=False, compare=False)
     _round_rdp: np.ndarray = field(init=False, repr=False, compare=False)
 
@@ -124,13 +134,21 @@ class PrivacyLedger:
         if not (self.noise_multiplier > 0 and math.isfinite(self.noise_multiplier)):
             raise ConfigError(f"noise multiplier must be positive, got {self.noise_multiplier}")
         # One round's RDP curve, computed once: rounds compose by adding it up.
+        if self.skellam is not None:
+            from fedge.privacy.skellam import RDP_ORDERS
+
+            object.__setattr__(self, "_orders", np.asarray(RDP_ORDERS, dtype=np.float64))
+            object.__setattr__(self, "_round_rdp", self.skellam.rdp(RDP_ORDERS))
+            return
         accountant = _accountant()
         accountant.compose(self.event())
         object.__setattr__(self, "_orders", np.asarray(accountant.orders))
         object.__setattr__(self, "_round_rdp", np.asarray(accountant.rdp))
 
     def event(self, rounds: int = 1) -> dp_accounting.DpEvent:
-        """The dp-accounting event of ``rounds`` rounds."""
+        """The dp-accounting event of ``rounds`` rounds (none for distributed DP)."""
+        if self.skellam is not None:
+            raise ConfigError("dp-accounting has no event for the Skellam mechanism")
         one = round_event(
             self.num_clients,
             self.clients_per_round,

@@ -5,6 +5,8 @@ nothing about any one of them.
 * :mod:`~fedge.privacy.secagg.params` — the graph degree k and threshold t for a cohort.
 * :mod:`~fedge.privacy.secagg.protocol` — the client and server state machines.
 * :mod:`~fedge.privacy.secagg.encoding` — clipping and stochastic quantization.
+* :mod:`~fedge.privacy.secagg.noisy` — distributed DP's codec: scaled, rounded and noised
+  by the client, decoded as centred integers.
 * :mod:`~fedge.privacy.secagg.aggregation` — the strategies' sum path and the
   simulation wrapper.
 * :mod:`~fedge.privacy.secagg.simulate` — the protocol run in one process.
@@ -19,6 +21,7 @@ from fedge.privacy.secagg.aggregation import (
     plan_round,
 )
 from fedge.privacy.secagg.crypto import SecAggRefused
+from fedge.privacy.secagg.noisy import SkellamCodec
 from fedge.privacy.secagg.params import GraphParameters, find_parameters
 from fedge.privacy.secagg.protocol import (
     PublicKeys,
@@ -41,6 +44,7 @@ __all__ = [
     "SecAggServer",
     "SecAggSettings",
     "SecureAggregation",
+    "SkellamCodec",
     "Traffic",
     "View",
     "apply_secure_sum",

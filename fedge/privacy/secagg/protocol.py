@@ -88,13 +88,16 @@ class RoundSetup:
 
     ``context`` binds every key derivation and every ciphertext to this round (fedge uses
     a digest of the federation id, the round number and the attempt). Masked vectors are
-    ``length`` unsigned integers modulo 2^``modulus_bits``.
+    ``length`` unsigned integers modulo 2^``modulus_bits``. With distributed DP the sum
+    holds enough noise only if ``min_survivors`` clients' vectors are in it: the server
+    aborts with fewer, and a client refuses to unmask a smaller list of survivors.
     """
 
     context: bytes
     threshold: int
     modulus_bits: int
     length: int
+    min_survivors: int = 0
 
     def __post_init__(self) -> None:
         if not 8 <= self.modulus_bits <= 64:
@@ -272,6 +275,11 @@ class SecAggClient:
             )
         if self.me not in survivors:
             raise SecAggRefused(f"client {self.me}: not listed among the survivors")
+        if len(survivors) < self.setup.min_survivors:
+            raise SecAggRefused(
+                f"client {self.me}: {len(survivors)} survivors, fewer than the "
+                f"{self.setup.min_survivors} whose noise the sum needs; refusing to unmask"
+            )
         for other in self._neighbours:
             listed = (other in survivors) + (other in dropped)
             if other in self._shares and listed != 1:
@@ -455,6 +463,12 @@ class SecAggServer:
     def close_masked(self) -> View:
         survivors = sorted(self._got.masked)
         self._need(len(survivors), "masked", "sent masked inputs")
+        if len(survivors) < self.setup.min_survivors:
+            raise SecAggAborted(
+                f"secure aggregation aborted at stage 'masked': {len(survivors)} clients sent "
+                f"masked inputs, the noise of distributed DP needs at least "
+                f"{self.setup.min_survivors}; nothing was aggregated"
+            )
         dropped = sorted(self._got.sharers - set(survivors))
         self.view = View(tuple(survivors), tuple(dropped))
         self.stage = "confirm"
