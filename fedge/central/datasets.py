@@ -8,8 +8,11 @@ A dataset version is one content-addressed ``.npz`` blob and a small JSON manife
 The blob holds ``x`` and ``y`` (the training examples) and, when the source has one, a
 fixed test split ``x_test`` and ``y_test``. ``x`` is float (images scaled to [0, 1]) or
 int64 token ids, shaped ``(N, *input_shape)``; ``y`` holds int64 labels in
-``0 .. num_classes-1``. The ``.npz`` is written byte for byte the same for the same arrays
-(fixed zip timestamps, no compression), so uploading the same data twice stores it once.
+``0 .. num_classes-1``, or for a detection dataset (manifest ``task = "detection"``)
+float32 boxes ``(N, M, 5)`` ``[class, xmin, ymin, xmax, ymax]`` in pixels padded with
+class −1, checked to lie inside the images. The ``.npz`` is written byte for byte the
+same for the same arrays (fixed zip timestamps, no compression), so uploading the same
+data twice stores it once.
 
 Devices add data by appending: a new version is its parent's arrays followed by the new
 samples (training samples to ``x``/``y``, test samples, if any, to the test split). The
@@ -29,9 +32,16 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, NonNegativeInt, PositiveInt, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, ValidationError
 
-from fedge.central.dataset_arrays import DatasetArrays, check_split, read_npz, write_npz
+from fedge.central.dataset_arrays import (
+    DatasetArrays,
+    TaskKind,
+    check_boxes,
+    check_split,
+    read_npz,
+    write_npz,
+)
 from fedge.central.npfile import read_npz as load_npz
 from fedge.central.scratch import scratch_dir
 from fedge.central.storage.base import ObjectStore, blob_key, file_sha256
@@ -67,7 +77,9 @@ class SplitInfo(BaseModel):
     x_dtype: str
     y_shape: list[NonNegativeInt]
     y_dtype: str
-    class_counts: list[NonNegativeInt]
+    class_counts: list[NonNegativeInt] = Field(
+        description="examples per class; for detection data, boxes per class"
+    )
 
 
 class DatasetVersion(BaseModel):
@@ -88,6 +100,8 @@ class DatasetVersion(BaseModel):
     parent: PositiveInt | None = None
     appended: NonNegativeInt | None = None
     source: str | None = None
+    task: TaskKind = "classification"
+    categories: list[str] | None = None
 
     @property
     def ref(self) -> str:
@@ -129,12 +143,17 @@ def validate(arrays: DatasetArrays, parent: DatasetVersion | None = None) -> Dat
         raise DataError(f"the number of classes must be positive, got {arrays.num_classes}")
     if (arrays.x_test is None) != (arrays.y_test is None):
         raise DataError("a test split needs both x_test and y_test")
+    if arrays.categories is not None and len(arrays.categories) != arrays.num_classes:
+        raise DataError(f"{len(arrays.categories)} category names for {arrays.num_classes} classes")
+    if parent is not None and arrays.task != parent.task:
+        raise DataError(f"{parent.ref} holds {parent.task} data, the new samples {arrays.task}")
+    check = check_boxes if arrays.task == "detection" else check_split
     what = "new samples" if parent is not None else "training split"
-    x, y = check_split(arrays.x, arrays.y, arrays.num_classes, what)
+    x, y = check(arrays.x, arrays.y, arrays.num_classes, what)
     x_test, y_test = arrays.x_test, arrays.y_test
     if x_test is not None and y_test is not None:
         what = "new test samples" if parent is not None else "test split"
-        x_test, y_test = check_split(x_test, y_test, arrays.num_classes, what)
+        x_test, y_test = check(x_test, y_test, arrays.num_classes, what)
         if x_test.shape[1:] != x.shape[1:] or x_test.dtype != x.dtype:
             raise DataError(
                 f"test examples are {x_test.dtype} {list(x_test.shape[1:])}, training "
@@ -150,17 +169,34 @@ def validate(arrays: DatasetArrays, parent: DatasetVersion | None = None) -> Dat
             raise DataError("no new samples to append")
     elif x.shape[0] == 0:
         raise DataError("a dataset needs at least one training example")
-    return DatasetArrays(x, y, arrays.num_classes, x_test, y_test)
+    return DatasetArrays(x, y, arrays.num_classes, x_test, y_test, arrays.task, arrays.categories)
 
 
 def _split_info(x: np.ndarray, y: np.ndarray, num_classes: int) -> SplitInfo:
+    labels = y if y.ndim == 1 else y[..., 0][y[..., 0] >= 0].astype(np.int64)
     return SplitInfo(
         x_shape=list(x.shape),
         x_dtype=str(x.dtype),
         y_shape=list(y.shape),
         y_dtype=str(y.dtype),
-        class_counts=np.bincount(y, minlength=num_classes).tolist(),
+        class_counts=np.bincount(labels, minlength=num_classes).tolist(),
     )
+
+
+def _concat(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a`` followed by ``b``; boxes ``(N, M, 5)`` are first padded (class −1) to the
+    larger ``M``."""
+    if a.ndim == 3 and b.ndim == 3 and a.shape[1] != b.shape[1]:
+        m = max(a.shape[1], b.shape[1])
+
+        def pad(boxes: np.ndarray) -> np.ndarray:
+            out = np.zeros((len(boxes), m, 5), dtype=boxes.dtype)
+            out[..., 0] = -1
+            out[:, : boxes.shape[1]] = boxes
+            return out
+
+        a, b = pad(a), pad(b)
+    return np.concatenate([a, b])
 
 
 class DatasetStore:
@@ -244,10 +280,19 @@ class DatasetStore:
             num_classes=version.num_classes,
             x_test=arrays.get("x_test"),
             y_test=arrays.get("y_test"),
+            task=version.task,
+            categories=tuple(version.categories) if version.categories is not None else None,
         )
 
     def load_data(self, version: DatasetVersion) -> FederatedData:
-        """``version`` as a :class:`FederatedData`, ready for training."""
+        """``version`` as a :class:`FederatedData`, ready for training (classification
+        data only: a detection version loads with :meth:`load` and
+        :meth:`DatasetArrays.to_detection`)."""
+        if version.task != "classification":
+            raise DataError(
+                f"{version.ref} holds {version.task} data (images and boxes), not class "
+                "labels: train it with fedge train and a detector model"
+            )
         return self.load(version).to_data(version.ref)
 
     def upload(
@@ -329,7 +374,12 @@ class DatasetStore:
     def _merged(self, base: DatasetVersion, new: DatasetArrays) -> tuple[DatasetArrays, int]:
         """``base``'s arrays followed by ``new``'s (checked against ``base``), and how many
         samples that adds."""
-        new = validate(DatasetArrays(new.x, new.y, base.num_classes, new.x_test, new.y_test), base)
+        new = validate(
+            DatasetArrays(
+                new.x, new.y, base.num_classes, new.x_test, new.y_test, new.task, new.categories
+            ),
+            base,
+        )
         old = self.load(base)
         x_test, y_test = old.x_test, old.y_test
         if new.x_test is not None and new.y_test is not None:
@@ -337,13 +387,15 @@ class DatasetStore:
                 x_test, y_test = new.x_test, new.y_test
             else:
                 x_test = np.concatenate([x_test, new.x_test])
-                y_test = np.concatenate([y_test, new.y_test])
+                y_test = _concat(y_test, new.y_test)
         merged = DatasetArrays(
             x=np.concatenate([old.x, new.x]),
-            y=np.concatenate([old.y, new.y]),
+            y=_concat(old.y, new.y),
             num_classes=base.num_classes,
             x_test=x_test,
             y_test=y_test,
+            task=old.task,
+            categories=old.categories,
         )
         appended = len(new.y) + (len(new.y_test) if new.y_test is not None else 0)
         return merged, appended
@@ -379,6 +431,8 @@ class DatasetStore:
             "parent": parent,
             "appended": appended,
             "source": source,
+            "task": arrays.task,
+            "categories": list(arrays.categories) if arrays.categories is not None else None,
         }
 
     def _commit(self, name: str, arrays: DatasetArrays, *, source: str | None) -> DatasetVersion:

@@ -1,8 +1,11 @@
 """Frozen models for serving and devices: ONNX export, verified against PyTorch.
 
 The graph has one float32 input ``input`` of shape ``(batch, *input_shape)`` and one
-output ``logits`` of shape ``(batch, classes)``; the batch axis is dynamic, and the weights
-keep their spec names (``conv2d0.weight``, ...) as ONNX initializers. The export uses
+output ``logits`` of shape ``(batch, *output_shape)`` (``(batch, classes)`` for a
+classifier, the raw map for a detector); the batch axis is dynamic, and the weights
+keep their spec names (``conv2d0.weight``, ...) as ONNX initializers, except GroupNorm's
+scale and shift: the exporter lowers GroupNorm to InstanceNormalization and stores them
+reshaped to ``(C, 1, 1)`` under generated names. The export uses
 ``torch.onnx``'s ``torch.export``-based exporter, the default since PyTorch 2.9 (it needs
 ``onnxscript``): the older TorchScript exporter (``dynamo=False``) still runs on 2.13 but
 warns that it will be removed. Opset 18 runs on onnxruntime 1.14 and later, including

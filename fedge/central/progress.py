@@ -73,5 +73,9 @@ class RichProgress:
         self.progress.update(self.steps, advance=1, status=f"{rate:,.0f} examples/s")
 
     def epoch_finished(self, metrics: Mapping[str, Any]) -> None:
-        status = f"acc {100 * metrics['test_accuracy']:.2f}%  lr {metrics['lr']:.4g}"
+        if "test_accuracy" in metrics:
+            score = f"acc {100 * metrics['test_accuracy']:.2f}%"
+        else:
+            score = f"mAP@.5 {100 * metrics['test_map50']:.2f}%"
+        status = f"{score}  lr {metrics['lr']:.4g}"
         self.progress.update(self.epochs, advance=1, status=status)

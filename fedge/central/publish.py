@@ -64,15 +64,23 @@ def publish_model(
     data_version: str | None = None,
     config: Mapping[str, Any] | None = None,
     source: str | None = None,
+    task: Mapping[str, Any] | None = None,
     atol: float = 1e-4,
     rtol: float = 1e-5,
 ) -> ModelVersion:
     """Export ``spec`` + ``params`` to a verified bundle and register it as the next version
     of ``name``. Nothing is registered if the export or its check fails (``atol`` and
-    ``rtol`` are the check's tolerances, see :func:`~fedge.central.export.verify_onnx`)."""
+    ``rtol`` are the check's tolerances, see :func:`~fedge.central.export.verify_onnx`;
+    ``task`` is the model's :meth:`fedge.tasks.Task.to_dict`)."""
     files = export_bundle(spec, params, atol=atol, rtol=rtol)
     return registry.register(
-        name, files, metrics=metrics, data_version=data_version, config=config, source=source
+        name,
+        files,
+        metrics=metrics,
+        data_version=data_version,
+        config=config,
+        source=source,
+        task=task,
     )
 
 

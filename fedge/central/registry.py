@@ -76,6 +76,14 @@ class ModelVersion(BaseModel):
     config: dict[str, Any] | None = None
     source: str | None = None
     signature: Signature | None = None
+    #: What the model does (:meth:`fedge.tasks.Task.to_dict`); ``None`` for versions
+    #: registered without one, which are classifiers.
+    task: dict[str, Any] | None = None
+
+    @property
+    def task_kind(self) -> str:
+        """``"classification"`` or ``"detection"``."""
+        return str((self.task or {}).get("kind", "classification"))
 
     def model_spec(self) -> ModelSpec:
         """The version's model spec, validated."""
@@ -149,6 +157,7 @@ class ModelRegistry:
         data_version: str | None = None,
         config: Mapping[str, Any] | None = None,
         source: str | None = None,
+        task: Mapping[str, Any] | None = None,
     ) -> ModelVersion:
         """Add the next version of model ``name`` (creating the model if it is new).
 
@@ -168,6 +177,9 @@ class ModelRegistry:
             The training configuration (JSON data).
         source:
             Where the model came from, e.g. a run folder or a job id.
+        task:
+            What the model does (:meth:`fedge.tasks.Task.to_dict`, with a ``kind``);
+            default none recorded (a classifier).
 
         Returns
         -------
@@ -188,6 +200,9 @@ class ModelRegistry:
         check_params(spec, params_from_bytes(files[WEIGHTS_FILE]))
         metrics_data = _json_object(metrics, "metrics") or {}
         config_data = _json_object(config, "config")
+        task_data = _json_object(task, "task")
+        if task_data is not None and task_data.get("kind") not in ("classification", "detection"):
+            raise RegistryError(f"unknown task kind {task_data.get('kind')!r} for {name!r}")
 
         refs = {
             filename: FileRef(sha256=self.store.put_blob(data), size=len(data))
@@ -209,6 +224,7 @@ class ModelRegistry:
                 config=config_data,
                 source=source,
                 signature=sign_version(key, name, n, hashes) if key is not None else None,
+                task=task_data,
             ),
         )
         if version is None:

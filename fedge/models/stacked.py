@@ -15,7 +15,16 @@ import torch
 import torch.nn.functional as F
 
 from fedge.errors import ModelSpecError
-from fedge.models.spec import Activation, Conv2d, Dense, Flatten, MaxPool2d, ModelSpec
+from fedge.models.spec import (
+    Activation,
+    Conv2d,
+    Dense,
+    Flatten,
+    GroupNorm,
+    MaxPool2d,
+    ModelSpec,
+    Upsample,
+)
 
 __all__ = ["stacked_forward"]
 
@@ -25,7 +34,9 @@ _ACTIVATIONS = {"relu": torch.relu, "tanh": torch.tanh, "sigmoid": torch.sigmoid
 def stacked_forward(
     spec: ModelSpec, params: Mapping[str, torch.Tensor], x: torch.Tensor
 ) -> torch.Tensor:
-    """Logits ``(K, B, classes)`` of ``K`` models on their own inputs ``x`` ``(K, B, ...)``.
+    """Outputs ``(K, B, *output_shape)`` of ``K`` models on their own inputs ``x``
+    ``(K, B, ...)``: logits ``(K, B, classes)`` for a classifier, maps ``(K, B, C, H, W)``
+    for a spec that ends on an image layer (a detector).
 
     Image activations travel as ``(B, K·C, H, W)`` (clients' channels side by side), flat
     ones as ``(K, B, D)``.
@@ -46,15 +57,26 @@ def stacked_forward(
         i += 1
         if isinstance(layer, Conv2d):
             w = params[f"{name}.weight"]
-            pad = (layer.kernel_size - 1) // 2 if layer.padding == "same" else 0
             h = F.conv2d(
                 h,
                 w.reshape(-1, *w.shape[2:]),
                 params[f"{name}.bias"].reshape(-1),
                 stride=layer.stride,
-                padding=pad,
+                padding=layer.pad(),
                 groups=k,
             )
+        elif isinstance(layer, GroupNorm):
+            # Each client's C channels are consecutive, so its G groups are K·G groups of
+            # the side-by-side channels: one call normalizes every client on its own.
+            h = F.group_norm(
+                h,
+                k * layer.groups,
+                params[f"{name}.weight"].reshape(-1),
+                params[f"{name}.bias"].reshape(-1),
+                eps=1e-5,
+            )
+        elif isinstance(layer, Upsample):
+            h = F.interpolate(h, scale_factor=layer.scale, mode="nearest")
         elif isinstance(layer, MaxPool2d):
             h = _pool(h, layer)
         elif isinstance(layer, Flatten):
@@ -81,6 +103,8 @@ def stacked_forward(
                 h = _ACTIVATIONS[layer.type](h)
         else:  # a layer type added to the spec must be taught to this function too
             raise ModelSpecError(f"the vectorized engine cannot stack a {layer.type} layer")
+    if image:
+        return h.reshape(b, k, -1, *h.shape[2:]).transpose(0, 1)
     return h
 
 

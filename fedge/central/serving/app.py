@@ -14,7 +14,11 @@ Endpoints (``{name}`` is a registry model, served at the version its alias point
 ``POST /predict``                               ``{"instances": [...]}`` → ``{"prediction":
                                                [...], "probabilities": [...], "model",
                                                "version"}`` (model: ``"model"`` in the body
-                                               or ``?model=``; default the only one served)
+                                               or ``?model=``; default the only one served);
+                                               a detector answers ``{"prediction": [[[class,
+                                               score, xmin, ymin, xmax, ymax], ...], ...]}``,
+                                               corners in [0, 1], with ``score_threshold``
+                                               and ``max_detections`` from the body or query
 ``GET /v2/models/{name}[/versions/{v}]/download``  zip of model.onnx, model.json,
                                                version.json (``?format=onnx``: the ONNX
                                                file alone); ``ETag`` is model.onnx's SHA-256,
@@ -57,6 +61,10 @@ from fedge.central.registry import ModelRegistry
 from fedge.central.serving.http import etag_matches, json_error, read_body
 from fedge.central.serving.models import LoadedModel, ModelPool
 from fedge.central.serving.payload import (
+    DETECTION_OUTPUTS,
+    OUTPUTS,
+    detection_options,
+    detection_outputs_for,
     outputs_for,
     parse_infer,
     parse_json,
@@ -79,6 +87,7 @@ from fedge.central.serving.schemas import (
 from fedge.central.serving.settings import ServeSettings
 from fedge.central.tokens import Access, ApiToken, TokenStore
 from fedge.errors import FedgeError, RegistryError, RequestRejected, StorageError
+from fedge.tasks.responses import detection_response
 
 __all__ = ["ServeSettings", "create_app"]
 
@@ -345,15 +354,26 @@ def create_app(registry: ModelRegistry, settings: ServeSettings | None = None) -
             body = await body_of(request)
             model = await model_of(request, name, version)
             parsed = parse_infer(
-                body, model.input_name, model.input_shape, settings.max_request_rows
+                body,
+                model.input_name,
+                model.input_shape,
+                settings.max_request_rows,
+                DETECTION_OUTPUTS if model.is_detector else OUTPUTS,
             )
+            options = detection_options([parsed.parameters], detection=model.is_detector)
             result = await model.batcher.submit(parsed.x)
         finally:
             state["in_flight"] -= 1
+        if model.is_detector:
+            outputs = detection_outputs_for(
+                result.output, parsed.outputs, **model.decoding(**options)
+            )
+        else:
+            outputs = outputs_for(result.output, parsed.outputs)
         answer: dict[str, Any] = {
             "model_name": model.name,
             "model_version": str(model.number),
-            "outputs": outputs_for(result.output, parsed.outputs),
+            "outputs": outputs,
         }
         if parsed.id is not None:
             answer["id"] = parsed.id
@@ -441,8 +461,14 @@ def create_app(registry: ModelRegistry, settings: ServeSettings | None = None) -
         request: Request,
         model_query: Annotated[str | None, Query(alias="model")] = None,
         version_query: Annotated[str | None, Query(alias="version")] = None,
+        score_threshold: Annotated[
+            str | None, Query(description="detectors: lowest score kept, 0 to 1")
+        ] = None,
+        max_detections: Annotated[
+            str | None, Query(description="detectors: most detections per example, 1 to 1000")
+        ] = None,
     ) -> Response:
-        """Classes and probabilities for a list of examples."""
+        """Classes and probabilities for a list of examples, or a detector's boxes."""
         state["in_flight"] += 1
         try:
             body = await body_of(request)
@@ -465,16 +491,24 @@ def create_app(registry: ModelRegistry, settings: ServeSettings | None = None) -
                     f'"version" must be a number or an alias, got {version!r}'[:200]
                 )
             model = await model_of(request, name, None if version is None else str(version))
+            query = {"score_threshold": score_threshold, "max_detections": max_detections}
+            options = detection_options(
+                [body.doc, {k: v for k, v in query.items() if v is not None}],
+                detection=model.is_detector,
+            )
             x = parse_predict(body, model.input_shape, settings.max_request_rows)
             result = await model.batcher.submit(x)
         finally:
             state["in_flight"] -= 1
-        answer = {
-            "prediction": result.output.argmax(axis=1).tolist(),
-            "probabilities": softmax(result.output).tolist(),
-            "model": model.name,
-            "version": model.number,
-        }
+        if model.is_detector:
+            # Decoded per request, after the batch split: NumPy only (no torch here).
+            fields = detection_response(result.output, **model.decoding(**options))
+        else:
+            fields = {
+                "prediction": result.output.argmax(axis=1).tolist(),
+                "probabilities": softmax(result.output).tolist(),
+            }
+        answer = {**fields, "model": model.name, "version": model.number}
         return JSONResponse(answer, headers=version_headers(model, result.batch_rows))
 
     @app.get(
@@ -506,6 +540,10 @@ def create_app(registry: ModelRegistry, settings: ServeSettings | None = None) -
         durably; they are in that version and every later one). Needs a write token."""
         record = await credential(request, "write")  # before anything else
         model = await pool().current(name)
+        if model.is_detector:
+            raise RequestRejected(
+                f"model {name!r} is a detector: uploading samples with boxes is not supported yet"
+            )
         permit(record, "write", name, dataset_for(model.name, model.version.data_version))
         dataset = dataset_for(model.name, model.version.data_version)
         body = await body_of(request)

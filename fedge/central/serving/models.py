@@ -75,6 +75,8 @@ def bundle_zip(version: ModelVersion, files: dict[str, bytes]) -> bytes:
         "metrics": version.metrics,
         "data_version": version.data_version,
     }
+    if version.task is not None:
+        manifest["task"] = version.task
     if version.signature is not None:
         # Signed over every file of the version, including those not in the bundle.
         manifest["signed_files"] = {name: ref.sha256 for name, ref in version.files.items()}
@@ -101,10 +103,28 @@ class LoadedModel:
     onnx: bytes
     bundle: bytes
     batcher: MicroBatcher
+    output_shape: tuple[int, ...] = ()
 
     @property
     def name(self) -> str:
         return self.version.name
+
+    @property
+    def is_detector(self) -> bool:
+        """Whether the version was registered as a detector (its task says so)."""
+        return self.version.task_kind == "detection"
+
+    def decoding(self, **options: Any) -> dict[str, Any]:
+        """The arguments of :func:`fedge.tasks.responses.decode_detections` for this
+        detector: its classes and input size, ``options`` over its task's defaults."""
+        task = self.version.task or {}
+        return {
+            "num_classes": self.num_classes,
+            "image_size": tuple(self.input_shape[1:]),
+            "score_threshold": float(task.get("score_threshold", 0.3)),
+            "max_detections": int(task.get("max_detections", 100)),
+            **options,
+        }
 
     @property
     def number(self) -> int:
@@ -231,14 +251,18 @@ class ModelPool:
             max_delay=self.max_delay,
             in_flight=self.in_flight,
         )
+        num_classes = int(logits.shape[1])
+        if version.task_kind == "detection":  # the output map: heatmaps, size, offset
+            num_classes = int((version.task or {}).get("num_classes", num_classes - 4))
         return LoadedModel(
             version=version,
             input_name=input_name,
             input_shape=input_shape,
-            num_classes=int(logits.shape[1]),
+            num_classes=num_classes,
             onnx=files[ONNX_FILE],
             bundle=bundle,
             batcher=batcher,
+            output_shape=tuple(int(d) for d in logits.shape[1:]),
         )
 
     async def _loaded(self, version: ModelVersion) -> LoadedModel:
@@ -395,6 +419,17 @@ class ModelPool:
             asyncio.to_thread(self.registry.version_numbers, model.name),
             asyncio.to_thread(self.registry.aliases, model.name),
         )
+        outputs = [
+            {"name": "logits", "datatype": "FP32", "shape": [-1, model.num_classes]},
+            {"name": "probabilities", "datatype": "FP32", "shape": [-1, model.num_classes]},
+            {"name": "label", "datatype": "INT64", "shape": [-1]},
+        ]
+        if model.is_detector:
+            shape = [-1, *model.output_shape]
+            outputs = [
+                {"name": "output", "datatype": "FP32", "shape": shape},
+                {"name": "detections", "datatype": "FP32", "shape": [-1, 7]},
+            ]
         return {
             "name": model.name,
             "versions": [str(n) for n in numbers],
@@ -404,9 +439,5 @@ class ModelPool:
             "inputs": [
                 {"name": model.input_name, "datatype": "FP32", "shape": [-1, *model.input_shape]}
             ],
-            "outputs": [
-                {"name": "logits", "datatype": "FP32", "shape": [-1, model.num_classes]},
-                {"name": "probabilities", "datatype": "FP32", "shape": [-1, model.num_classes]},
-                {"name": "label", "datatype": "INT64", "shape": [-1]},
-            ],
+            "outputs": outputs,
         }

@@ -9,6 +9,10 @@ Two formats are read:
 - the simple ``{"instances": [x1, x2, ...]}`` of ``/predict``, one nested list (or flat
   list) of numbers per example.
 
+A detection model's requests may set ``score_threshold`` (0 to 1) and ``max_detections``
+(1 to 1000), in the body (``/predict``), in the v2 request's ``parameters``, or in the
+query string (:func:`detection_options`).
+
 Every problem raises :class:`~fedge.errors.RequestRejected` with a message that names it and
 the HTTP status to answer with (400, or 413 for too many rows): a client mistake never
 becomes a server error.
@@ -18,7 +22,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,11 +31,16 @@ import orjson
 
 from fedge.central.edge import softmax
 from fedge.errors import RequestRejected
+from fedge.tasks.responses import decode_detections
 
 __all__ = [
+    "DETECTION_OUTPUTS",
+    "MAX_DETECTIONS",
     "OUTPUTS",
     "Body",
     "InferRequest",
+    "detection_options",
+    "detection_outputs_for",
     "outputs_for",
     "parse_infer",
     "parse_json",
@@ -41,6 +50,11 @@ __all__ = [
 
 # What a model answers: its logits, their softmax, and the arg-max class.
 OUTPUTS = {"logits": "FP32", "probabilities": "FP32", "label": "INT64"}
+# What a detector answers: its raw output map, and the decoded detections as rows
+# [instance, class, score, xmin, ymin, xmax, ymax] (corners in [0, 1]).
+DETECTION_OUTPUTS = {"output": "FP32", "detections": "FP32"}
+# The most detections a request may ask for per instance.
+MAX_DETECTIONS = 1000
 _FLOAT_TYPES = {"FP16", "FP32", "FP64"}
 _INT_TYPES = {f"{sign}INT{bits}" for sign in ("", "U") for bits in (8, 16, 32, 64)}
 
@@ -52,6 +66,7 @@ class InferRequest:
     x: np.ndarray
     outputs: tuple[str, ...]
     id: str | None
+    parameters: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -178,6 +193,44 @@ def parse_samples(
     return x, y.astype(np.int64)
 
 
+def _query_number(text: str, key: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise RequestRejected(f"{key} must be a number, got {text[:40]!r}") from None
+
+
+def detection_options(
+    sources: Sequence[Mapping[str, Any] | None], *, detection: bool
+) -> dict[str, Any]:
+    """``score_threshold`` and ``max_detections`` from the first of ``sources`` (a body,
+    its ``parameters``, the query string) that sets each, checked: the threshold a number
+    in [0, 1], the count an integer in [1, :data:`MAX_DETECTIONS`]. A model that is not a
+    detector (``detection`` false) refuses them."""
+    options: dict[str, Any] = {}
+    for key in ("score_threshold", "max_detections"):
+        value = next((s[key] for s in sources if s is not None and key in s), None)
+        if value is None:
+            continue
+        if not detection:
+            raise RequestRejected(f"{key} applies to detection models only; this one classifies")
+        if isinstance(value, str):
+            value = _query_number(value, key)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise RequestRejected(f"{key} must be a number, got {type(value).__name__}")
+        if key == "score_threshold":
+            if not 0 <= value <= 1:
+                raise RequestRejected(f"score_threshold must lie in [0, 1], got {value}")
+            options[key] = float(value)
+        else:
+            if value != int(value) or not 1 <= value <= MAX_DETECTIONS:
+                raise RequestRejected(
+                    f"max_detections must be an integer in [1, {MAX_DETECTIONS}], got {value}"
+                )
+            options[key] = int(value)
+    return options
+
+
 def _shape(value: Any) -> tuple[int, ...]:
     if not isinstance(value, list) or not all(
         isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value
@@ -191,9 +244,10 @@ def parse_infer(
     input_name: str,
     input_shape: Sequence[int],
     max_rows: int,
+    outputs: Mapping[str, str] = OUTPUTS,
 ) -> InferRequest:
     """A v2 ``infer`` body, checked against the model's one input ``input_name`` of shape
-    ``(batch, *input_shape)``."""
+    ``(batch, *input_shape)`` and the model's ``outputs`` (name to datatype)."""
     doc = body.doc
     inputs = doc.get("inputs")
     if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
@@ -232,22 +286,25 @@ def parse_infer(
 
     wanted = doc.get("outputs")
     if wanted is None:
-        names: tuple[str, ...] = tuple(OUTPUTS)
+        names: tuple[str, ...] = tuple(outputs)
     else:
         if not isinstance(wanted, list) or not all(
             isinstance(o, dict) and isinstance(o.get("name"), str) for o in wanted
         ):
             raise RequestRejected('"outputs" must be a list of {"name": ...} objects')
         names = tuple(o["name"] for o in wanted)
-        unknown = [n for n in names if n not in OUTPUTS]
+        unknown = [n for n in names if n not in outputs]
         if unknown:
             raise RequestRejected(
-                f"unknown output {unknown[0]!r}: outputs are {', '.join(OUTPUTS)}"
+                f"unknown output {unknown[0]!r}: outputs are {', '.join(outputs)}"
             )
     request_id = doc.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise RequestRejected(f'"id" must be a string, got {type(request_id).__name__}')
-    return InferRequest(x=x, outputs=names, id=request_id)
+    parameters = doc.get("parameters")
+    if parameters is not None and not isinstance(parameters, dict):
+        raise RequestRejected(f'"parameters" must be an object, got {type(parameters).__name__}')
+    return InferRequest(x=x, outputs=names, id=request_id, parameters=parameters)
 
 
 def outputs_for(logits: np.ndarray, names: Sequence[str]) -> list[dict[str, Any]]:
@@ -266,3 +323,33 @@ def outputs_for(logits: np.ndarray, names: Sequence[str]) -> list[dict[str, Any]
         }
         for name in names
     ]
+
+
+def detection_outputs_for(
+    output: np.ndarray, names: Sequence[str], **decoding: Any
+) -> list[dict[str, Any]]:
+    """The v2 output tensors ``names`` of a batch of detector output maps: ``output`` the
+    map itself, ``detections`` rows ``[instance, class, score, xmin, ymin, xmax, ymax]``
+    (``decoding``: the arguments of :func:`~fedge.tasks.responses.decode_detections`)."""
+    tensors = []
+    for name in names:
+        if name == "output":
+            values = output
+        else:
+            rows = decode_detections(output, **decoding)
+            values = np.concatenate(
+                [np.zeros((0, 7), dtype=np.float32)]
+                + [
+                    np.concatenate([np.full((len(r), 1), i, dtype=np.float32), r], axis=1)
+                    for i, r in enumerate(rows)
+                ]
+            )
+        tensors.append(
+            {
+                "name": name,
+                "datatype": DETECTION_OUTPUTS[name],
+                "shape": list(values.shape),
+                "data": values.reshape(-1).tolist(),
+            }
+        )
+    return tensors

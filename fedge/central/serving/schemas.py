@@ -41,11 +41,23 @@ class PredictRequest(BaseModel):
     model: str | None = Field(None, description="the model; default the only one served")
     version: str | int | None = Field(None, description="a version number or alias")
     instances: list[Any] = Field(description="examples: nested lists of numbers")
+    score_threshold: float | None = Field(
+        None, ge=0, le=1, description="detectors only: the lowest score kept (default the model's)"
+    )
+    max_detections: int | None = Field(
+        None, ge=1, le=1000, description="detectors only: most detections per example"
+    )
 
 
 class PredictResponse(BaseModel):
-    prediction: list[int] = Field(description="the most likely class of each example")
-    probabilities: list[list[float]] = Field(description="softmax of each example's logits")
+    prediction: list[int] | list[list[list[float]]] = Field(
+        description="a classifier: the most likely class of each example; a detector: per "
+        "example the rows [class_index, score, xmin, ymin, xmax, ymax], best score first, "
+        "corners normalised to [0, 1] by the image's width and height"
+    )
+    probabilities: list[list[float]] | None = Field(
+        None, description="classifiers: softmax of each example's logits"
+    )
     model: str
     version: int
 
@@ -70,7 +82,17 @@ class InferInput(BaseModel):
 
 
 class InferOutput(BaseModel):
-    name: Literal["logits", "probabilities", "label"]
+    name: Literal["logits", "probabilities", "label", "output", "detections"] = Field(
+        description="classifiers: logits, probabilities, label; detectors: output (the raw "
+        "map) and detections (rows [instance, class, score, xmin, ymin, xmax, ymax])"
+    )
+
+
+class InferParameters(BaseModel):
+    """Detectors only: decoding options of the ``detections`` output."""
+
+    score_threshold: float | None = Field(None, ge=0, le=1)
+    max_detections: int | None = Field(None, ge=1, le=1000)
 
 
 class InferRequest(BaseModel):
@@ -79,6 +101,7 @@ class InferRequest(BaseModel):
     id: str | None = None
     inputs: list[InferInput]
     outputs: list[InferOutput] | None = Field(None, description="default: every output")
+    parameters: InferParameters | None = None
 
 
 class InferTensor(BaseModel):

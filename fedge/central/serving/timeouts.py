@@ -21,9 +21,11 @@ __all__ = ["protocol_with_header_timeout"]
 log = logging.getLogger("fedge.serve")
 
 
-def protocol_with_header_timeout(header_timeout: float) -> type[HttpToolsProtocol]:
+def protocol_with_header_timeout(
+    header_timeout: float, logger: logging.Logger = log
+) -> type[HttpToolsProtocol]:
     """uvicorn's httptools protocol, closing connections whose headers take longer than
-    ``header_timeout`` seconds."""
+    ``header_timeout`` seconds (and saying so, once, on ``logger``)."""
 
     class HeaderTimeoutProtocol(HttpToolsProtocol):
         _header_timer: asyncio.TimerHandle | None = None
@@ -41,7 +43,7 @@ def protocol_with_header_timeout(header_timeout: float) -> type[HttpToolsProtoco
             self._header_timer = None
             if not self.transport.is_closing():
                 where = f"{self.client[0]}:{self.client[1]}" if self.client else "a client"
-                log.info(
+                logger.info(
                     "closed %s: no complete request headers within %g s", where, header_timeout
                 )
                 self.transport.close()
