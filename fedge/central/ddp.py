@@ -19,13 +19,18 @@ disjoint, their union is the batch, and their sizes differ by at most one.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import datetime
 import multiprocessing.connection
 import os
+import signal
 import socket
+import sys
+import threading
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -33,10 +38,12 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from fedge.errors import ConfigError, FedgeError, TrainingError
+from fedge.traffic import AllReduceCounter
 
 __all__ = ["Dist", "env_world", "free_port", "init_from_env", "launch"]
 
 ENV_VARS = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE")
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 TIMEOUT_ENV = "FEDGE_DIST_TIMEOUT"
 
 
@@ -51,10 +58,14 @@ def _timeout() -> datetime.timedelta:
 
 @dataclass(frozen=True)
 class Dist:
-    """This process's place in the job: ``rank`` of ``world_size`` (1: no process group)."""
+    """This process's place in the job: ``rank`` of ``world_size`` (1: no process group).
+
+    ``traffic`` counts the bytes of every all-reduce this process issues
+    (:mod:`fedge.traffic`)."""
 
     rank: int = 0
     world_size: int = 1
+    traffic: AllReduceCounter = field(default_factory=AllReduceCounter, compare=False)
 
     @property
     def is_main(self) -> bool:
@@ -64,6 +75,7 @@ class Dist:
     def all_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         """Sum ``tensor`` over all ranks, in place; returns it."""
         if self.world_size > 1:
+            self.traffic.add(tensor, self.world_size)
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         return tensor
 
@@ -144,13 +156,38 @@ def _context() -> Any:
     return ctx
 
 
+def _die_with_launcher(alive: multiprocessing.connection.Connection) -> None:
+    """End this worker as soon as the process that launched it ends, even by SIGKILL, so
+    that no orphan goes on training and writing the job's folder.
+
+    ``alive`` is the read end of a pipe whose only write end the launcher holds: the kernel
+    closes it when the launcher dies, however it dies, and a watchdog thread blocked on it
+    then kills this worker. The parent-death signal alone would not do: a forkserver
+    child's parent is the fork server, which outlives the launcher as long as its children
+    run. It is set as well (Linux), for the spawn start method, where the parent is the
+    launcher, and a killed fork server.
+    """
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+    def watch() -> None:
+        with contextlib.suppress(EOFError, OSError):
+            alive.recv_bytes()  # the launcher never sends: this returns at end of file
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="fedge-launcher-watch", daemon=True).start()
+
+
 def _worker(
     rank: int,
     env: dict[str, str],
     fn: Callable[..., None],
     args: tuple[Any, ...],
     errors: Any,
+    alive: multiprocessing.connection.Connection,
 ) -> None:
+    _die_with_launcher(alive)
     # A forkserver child has the environment the server started with: set what matters.
     os.environ.update(env, RANK=str(rank))
     world_size = int(env["WORLD_SIZE"])
@@ -179,7 +216,8 @@ def launch(fn: Callable[..., None], args: tuple[Any, ...], workers: int) -> None
 
     ``fn`` and ``args`` must be picklable (``fn`` a module-level function). Returns when
     every worker has finished; if one fails, the others are stopped and its error is
-    raised here (the first one to fail, a :class:`FedgeError` as it was).
+    raised here (the first one to fail, a :class:`FedgeError` as it was). The workers
+    end with this process, also when it is killed.
     """
     if workers < 1:
         raise ConfigError(f"workers must be >= 1, got {workers}")
@@ -195,12 +233,16 @@ def launch(fn: Callable[..., None], args: tuple[Any, ...], workers: int) -> None
         del env["GLOO_SOCKET_IFNAME"]
     ctx = _context()
     errors = ctx.SimpleQueue()
+    # Workers watch the read end; this process alone holds the write end (see
+    # _die_with_launcher), until every worker has ended.
+    alive, alive_w = ctx.Pipe(duplex=False)
     procs = [
-        ctx.Process(target=_worker, args=(rank, env, fn, args, errors), daemon=False)
+        ctx.Process(target=_worker, args=(rank, env, fn, args, errors, alive), daemon=False)
         for rank in range(workers)
     ]
     for proc in procs:
         proc.start()
+    alive.close()
     try:
         running = {proc.sentinel: proc for proc in procs}
         while running:
@@ -216,6 +258,7 @@ def launch(fn: Callable[..., None], args: tuple[Any, ...], workers: int) -> None
                 proc.terminate()
         for proc in procs:
             proc.join()
+        alive_w.close()
     failed = [proc for proc in procs if proc.exitcode != 0]
     if not failed:
         return

@@ -31,9 +31,9 @@ from typing import Any
 import tomli_w
 import torch
 
+from fedge.central.folder_lock import FolderLock
 from fedge.errors import ConfigError
-from fedge.models.spec import ModelSpec
-from fedge.sim.outputs import publish_result
+from fedge.sim.outputs import ResultFolder
 
 __all__ = ["CHECKPOINT", "JobFolder", "plot_epochs"]
 
@@ -41,7 +41,8 @@ CHECKPOINT = "checkpoint.pt"
 
 
 def plot_epochs(history: Sequence[Mapping[str, Any]], path: Path, *, title: str) -> Path:
-    """A PNG with test accuracy, train/test loss and learning rate per epoch."""
+    """A PNG with test accuracy (a detector: mAP@.5 and mAP@[.5:.95]), train/test loss
+    and learning rate per epoch."""
     # Imported here: only rank 0 plots, once, and workers start faster without it.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -50,11 +51,20 @@ def plot_epochs(history: Sequence[Mapping[str, Any]], path: Path, *, title: str)
     fig = Figure(figsize=(13, 4), layout="constrained")
     FigureCanvasAgg(fig)
     ax_acc, ax_loss, ax_lr = fig.subplots(1, 3)
-    ax_acc.plot(epochs, [100 * m["test_accuracy"] for m in history], marker="o", markersize=3)
-    ax_acc.set(xlabel="epoch", ylabel="test accuracy (%)", title="Test accuracy")
+    if "test_accuracy" in history[0]:
+        ax_acc.plot(epochs, [100 * m["test_accuracy"] for m in history], marker="o", markersize=3)
+        ax_acc.set(xlabel="epoch", ylabel="test accuracy (%)", title="Test accuracy")
+        loss_name = "cross-entropy"
+    else:
+        for key, label in (("test_map50", "mAP@.5"), ("test_map", "mAP@[.5:.95]")):
+            values = [100 * m[key] for m in history]
+            ax_acc.plot(epochs, values, marker="o", markersize=3, label=label)
+        ax_acc.set(xlabel="epoch", ylabel="test mAP (%)", title="Test mAP")
+        ax_acc.legend()
+        loss_name = "detection loss"
     ax_loss.plot(epochs, [m["test_loss"] for m in history], marker="o", markersize=3, label="test")
     ax_loss.plot(epochs, [m["train_loss"] for m in history], label="train")
-    ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="Loss")
+    ax_loss.set(xlabel="epoch", ylabel=loss_name, title="Loss")
     ax_loss.legend()
     ax_lr.plot(epochs, [m["lr"] for m in history], marker="o", markersize=3)
     ax_lr.set(xlabel="epoch", ylabel="learning rate", title="Learning rate (end of epoch)")
@@ -77,7 +87,7 @@ def _atomic_write(path: Path, write: Any) -> None:
         tmp.unlink(missing_ok=True)
 
 
-class JobFolder:
+class JobFolder(ResultFolder):
     """Where one job's files go: ``out`` when finished, ``out.partial`` while running.
 
     Parameters
@@ -86,20 +96,40 @@ class JobFolder:
         The folder of the finished job.
     """
 
-    def __init__(self, out: Path):
-        self.out = Path(out)
-        self.partial = self.out.with_name(self.out.name + ".partial")
+    _lock: FolderLock | None = None
 
     @property
     def checkpoint(self) -> Path:
         return self.partial / CHECKPOINT
 
-    def open(self, *, resume: bool = False, force: bool = False) -> None:
-        """Get ``out.partial`` ready: kept as it is to resume, else created empty.
+    @property
+    def lock_file(self) -> Path:
+        """``.<out>.lock`` beside ``out``: see :mod:`fedge.central.folder_lock`."""
+        return self.out.with_name(f".{self.out.name}.lock")
 
-        Raises :class:`ConfigError` when resuming without a checkpoint, or when starting
-        over would replace a finished or interrupted job without ``force``.
+    def open(self, *, resume: bool = False, force: bool = False) -> None:
+        """Lock the folder, and get ``out.partial`` ready: kept as it is to resume, else
+        created empty. The lock is held until :meth:`close` (or this process and the
+        workers it starts with the folder have all ended).
+
+        Raises :class:`ConfigError` when another job holds the folder, when resuming
+        without a checkpoint, or when starting over would replace a finished or
+        interrupted job without ``force``.
         """
+        self._lock = FolderLock.acquire(self.lock_file, self.out)
+        try:
+            self._prepare(resume=resume, force=force)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Unlock the folder: the job has ended."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def _prepare(self, *, resume: bool, force: bool) -> None:
         finished = self.out.exists() and any(self.out.iterdir())
         if resume:
             if not self.checkpoint.is_file():
@@ -139,15 +169,9 @@ class JobFolder:
         except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as exc:
             raise ConfigError(f"checkpoint {self.checkpoint} is unreadable: {exc}") from None
 
-    def finish(
-        self,
-        summary: Mapping[str, Any],
-        history: Sequence[Mapping[str, Any]],
-        params: Mapping[str, torch.Tensor],
-        spec: ModelSpec,
-    ) -> Path:
-        """Write summary, plot and model, drop the checkpoint and move the folder into
-        place; returns ``out``."""
-        plot_epochs(history, self.partial / "curves.png", title=str(summary.get("name", "")))
+    def plot(self, history: Sequence[Mapping[str, Any]], path: Path, *, title: str) -> Path:
+        return plot_epochs(history, path, title=title)
+
+    def clean_up(self) -> None:
+        """Drop the checkpoint: a finished job is not resumed."""
         self.checkpoint.unlink(missing_ok=True)
-        return publish_result(self.partial, self.out, summary, params, spec)

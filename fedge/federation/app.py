@@ -43,6 +43,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 
 from fedge.central.serving.http import etag_matches
+from fedge.central.serving.timeouts import protocol_with_header_timeout
 from fedge.errors import ObjectNotFound, ProtocolError, RequestRejected, StorageError
 from fedge.federation.protocol import (
     NAME_PATTERN,
@@ -56,7 +57,11 @@ from fedge.federation.protocol import (
 )
 from fedge.federation.server import FederationServer
 
-__all__ = ["check_transport", "create_app", "run_federation_server"]
+__all__ = ["HEADER_TIMEOUT", "check_transport", "create_app", "run_federation_server"]
+
+#: Seconds a connection may take to send a request's headers before it is closed
+#: (``$FEDGE_HEADER_TIMEOUT``, default 10).
+HEADER_TIMEOUT = float(os.environ.get("FEDGE_HEADER_TIMEOUT", "10"))
 
 log = logging.getLogger("fedge.server")
 
@@ -257,7 +262,7 @@ def create_app(server: FederationServer) -> FastAPI:
         """A model version (weights and the strategy's task inputs) as safetensors."""
         device_of(request)
         number = int(version)
-        if number == server.coordinator.state.round:
+        if number == server.coordinator.state.rounds_completed:
             data, etag = server.model_bytes, server.model_etag
         else:
             try:
@@ -544,6 +549,9 @@ def run_federation_server(
     scheme = "https" if tls_cert else "http"
     config = uvicorn.Config(
         create_app(server),
+        # A connection that never finishes its headers is closed (slowloris); bodies are
+        # not timed here, as phones on slow links legitimately take long to upload.
+        http=protocol_with_header_timeout(HEADER_TIMEOUT, log),
         log_level="warning",
         access_log=access_log,
         lifespan="on",

@@ -2,6 +2,12 @@
 resume, registration, and the `fedge train` command."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,6 +15,7 @@ import torch
 from typer.testing import CliRunner
 
 from fedge.central.datasets import DatasetArrays, DatasetStore
+from fedge.central.job_folder import JobFolder
 from fedge.central.jobs import prepare_job, run_job
 from fedge.central.registry import ModelRegistry
 from fedge.central.storage import LocalStore
@@ -94,6 +101,8 @@ def test_single_process_training_improves_accuracy(tmp_path):
     assert [m["epoch"] for m in lines] == [1, 2, 3]
     assert set(lines[0]) == {
         "epoch", "train_loss", "test_loss", "test_accuracy", "seconds", "train_seconds", "lr",
+        "examples", "participants", "bytes_down", "bytes_up", "bytes_data", "samples_uploaded",
+        "bytes_sent",
     }  # fmt: skip
     assert lines[-1]["train_loss"] < lines[0]["train_loss"]
 
@@ -284,3 +293,79 @@ def test_processes_joining_through_the_environment_train_together(tmp_path, stor
     assert together.summary["workers"] == 2
     for name, value in alone.params.items():
         torch.testing.assert_close(together.params[name], value, rtol=1e-5, atol=1e-5)
+
+
+def _parents():
+    """Process id to parent process id, for every process (from /proc)."""
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    return parents
+
+
+def _descendants(pid):
+    """The processes below ``pid``: children, grandchildren, ..."""
+    parents, found, frontier = _parents(), set(), {pid}
+    while frontier:
+        frontier = {p for p, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def _running(pid):
+    """Whether ``pid`` is a process that has not exited (a zombie has)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_killed_job_takes_its_workers_along_and_a_held_folder_is_refused(tmp_path, store_url):
+    job = write_job(tmp_path, store_url, epochs=100_000, batch_size=16)
+    out, log = tmp_path / "run", tmp_path / "main.log"
+    train = [sys.executable, "-m", "fedge", "train", str(job), "--out", str(out), "--quiet"]
+    env = os.environ | {"FEDGE_DIST_TIMEOUT": "60"}
+    with log.open("w") as f:
+        main = subprocess.Popen([*train, "--workers", "2"], stdout=f, stderr=f, env=env)
+    below = set()
+    try:
+        deadline = time.monotonic() + 120
+        while not (tmp_path / "run.partial" / "checkpoint.pt").exists():
+            assert main.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "the job finished no epoch in 120 s"
+            time.sleep(0.1)
+        below = _descendants(main.pid)  # the two workers (and the fork server)
+        assert len(below) >= 2
+
+        # While the job runs, a second one in its folder is refused in one line.
+        second = subprocess.run(
+            [*train, "--resume"], capture_output=True, text=True, timeout=120, env=env
+        )
+        output = second.stdout + second.stderr
+        assert second.returncode == ConfigError.exit_code, output
+        assert f"{out} is in use by another training job (pid {main.pid})" in output
+        assert "Traceback" not in output
+
+        main.send_signal(signal.SIGKILL)
+        main.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while alive := sorted(filter(_running, below)):
+            assert time.monotonic() < deadline, f"processes {alive} outlived the killed job"
+            time.sleep(0.05)
+    finally:
+        if main.poll() is None:
+            main.kill()
+            main.wait()
+        for pid in filter(_running, below):  # only processes this test started
+            os.kill(pid, signal.SIGKILL)
+    # The lock went with the job's last process: the folder can be resumed now.
+    folder = JobFolder(out)
+    folder.open(resume=True)
+    folder.close()

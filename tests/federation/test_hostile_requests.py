@@ -6,6 +6,7 @@ import json
 import math
 import socket
 import struct
+import time
 
 import httpx
 import pytest
@@ -43,7 +44,7 @@ def device(server):
 
 def update_bytes(device, *, params=None, delta_c=None, num_samples=100, metrics=None, **meta):
     update = ClientUpdate(
-        client_id=0,
+        client=0,
         params={k: v + 0.01 for k, v in device["params"].items()} if params is None else params,
         num_samples=num_samples,
         num_steps=3,
@@ -244,7 +245,7 @@ def bad_requests(server, device):
             server,
             device,
             encode_update(
-                ClientUpdate(client_id=0, params=device["params"], num_samples=5, num_steps=1),
+                ClientUpdate(client=0, params=device["params"], num_samples=5, num_steps=1),
                 round=1,
                 model_version=0,
             ),
@@ -348,3 +349,25 @@ def test_every_route_is_in_the_openapi_document(server):
     assert "application/octet-stream" in upload["requestBody"]["content"]
     assert {"400", "401", "409", "413"} <= set(upload["responses"])
     assert "Task" in document["components"]["schemas"]
+
+
+def test_a_connection_that_never_finishes_its_headers_is_closed(tmp_path, monkeypatch):
+    """Slowloris: headers sent a piece at a time and never finished are cut off after
+    $FEDGE_HEADER_TIMEOUT seconds, and the server keeps answering others."""
+    monkeypatch.setenv("FEDGE_HEADER_TIMEOUT", "1")
+    data = experiment(name="slow", rounds=1)
+    proc = ServerProcess(
+        write_config(tmp_path / "c.toml", data), tmp_path / "state", tmp_path / "log"
+    )
+    proc.start()
+    try:
+        host, port = proc.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(b"POST /v1/checkin HTTP/1.1\r\nHost: x\r\nAuthoriz")
+            started = time.monotonic()
+            assert httpx.get(f"{proc.url}/v1/health").status_code == 200
+            assert sock.recv(100) == b""  # closed by the server, not by our timeout
+            assert time.monotonic() - started < 8
+    finally:
+        proc.stop()
+    assert "no complete request headers within 1 s" in (tmp_path / "log").read_text()
