@@ -463,7 +463,7 @@ class LoadTest:
         self, http: httpx.AsyncClient, device: SimDevice, task: dict[str, Any], model: Params
     ) -> None:
         update = ClientUpdate(
-            client_id=device.device_id,
+            client=device.device_id,
             params={name: model[name] + device.delta[name] for name in model},
             num_samples=device.num_samples,
             num_steps=1,

@@ -46,6 +46,9 @@ _EXPORTS = {
     "prepare": "fedge.sim.experiment",
     "run": "fedge.sim.experiment",
     "run_to_folder": "fedge.sim.experiment",
+    "CompareConfig": "fedge.compare",
+    "load_compare_config": "fedge.compare",
+    "run_comparison": "fedge.compare",
 }
 
 __getattr__ = lazy_exports(__name__, _EXPORTS)
@@ -54,6 +57,7 @@ __all__ = [
     "ArrayDataset",
     "ClientTask",
     "ClientUpdate",
+    "CompareConfig",
     "ConfigError",
     "DataError",
     "ExperimentConfig",
@@ -78,16 +82,19 @@ __all__ = [
     "__version__",
     "build_model",
     "evaluate",
+    "load_compare_config",
     "load_config",
     "load_spec",
     "prepare",
     "preset_spec",
     "run",
+    "run_comparison",
     "run_to_folder",
     "train_client",
 ]
 
 if TYPE_CHECKING:
+    from fedge.compare import CompareConfig, load_compare_config, run_comparison
     from fedge.config import ExperimentConfig, load_config
     from fedge.data.dataset import ArrayDataset, FederatedData
     from fedge.fl.local import LocalTraining, evaluate, train_client

@@ -101,8 +101,51 @@ class DigitsData(_Section):
     test_fraction: float = Field(0.2, gt=0, lt=1)
 
 
+class StoreData(_Section):
+    """Version ``version`` (a number, or ``latest``) of dataset ``dataset`` in fedge's
+    object store (``store``, else ``$FEDGE_STORE``, else ``./fedge-store``): the data a
+    training job's ``[dataset]`` reads. A version without a test split gets the seeded
+    hold-out of ``test_fraction`` of its examples that a training job makes."""
+
+    name: Literal["store"]
+    dataset: str
+    version: PositiveInt | Literal["latest"] = "latest"
+    store: str | None = None
+    test_fraction: float = Field(0.1, gt=0, lt=1)
+
+
+class CanvasesData(_Section):
+    """Detection data: Fashion-MNIST items on ``size``-pixel canvases (see
+    :mod:`fedge.data.canvases`), ``num_train`` of training items and ``num_test`` of test
+    items, deterministic by the seed."""
+
+    name: Literal["canvases"]
+    num_train: PositiveInt = 2000
+    num_test: PositiveInt = 200
+    size: PositiveInt = 96
+    max_items: PositiveInt = 4
+    data_dir: Path | None = None
+
+
+class CocoData(_Section):
+    """Detection data in COCO format (see :func:`fedge.data.detection.load_coco`): the
+    annotation file ``annotations`` with its images in ``images`` (default the
+    ``images/`` folder beside it), and optionally a held-out ``test_annotations`` file
+    with its ``test_images``."""
+
+    name: Literal["coco"]
+    annotations: Path
+    images: Path | None = None
+    test_annotations: Path | None = None
+    test_images: Path | None = None
+
+
+#: ``[data]`` sources whose targets are boxes (:func:`fedge.data.load.load_detection_data`).
+DETECTION_DATA = ("canvases", "coco")
+
 DataConfig = Annotated[
-    FashionMNISTData | LeafData | SyntheticData | DigitsData, Field(discriminator="name")
+    FashionMNISTData | LeafData | SyntheticData | DigitsData | StoreData | CanvasesData | CocoData,
+    Field(discriminator="name"),
 ]
 
 
@@ -166,9 +209,10 @@ PartitionConfig = Annotated[
 
 
 class ModelConfig(_Section):
-    """Exactly one of ``preset`` (logreg, mlp, lenet) or ``spec`` (a JSON spec file)."""
+    """Exactly one of ``preset`` (logreg, mlp, lenet; centernet for detection data) or
+    ``spec`` (a JSON spec file)."""
 
-    preset: Literal["logreg", "mlp", "lenet"] | None = None
+    preset: Literal["logreg", "mlp", "lenet", "centernet"] | None = None
     spec: Path | None = None
     hidden: list[PositiveInt] = [200, 200]
 
@@ -408,13 +452,18 @@ class PrivacyConfig(_Section):
     of unclipped updates (Andrew et al. 2021). ``dp = "local"``: each client clips its own
     delta to ``clip_norm`` and adds the noise itself (:mod:`fedge.privacy.local`); ε is a
     client's against everyone, the server included, with no amplification by sampling.
+    ``dp = "distributed"`` (needs ``[privacy.secure_aggregation]``): each client clips its
+    delta to ``clip_norm``, rounds it to integers and adds its share of Skellam noise
+    before masking, so that the server only unmasks a noisy sum
+    (:mod:`fedge.privacy.distributed`); ``noise_multiplier`` and ``target_epsilon`` work as
+    for central DP, accounted without amplification by sampling.
     ``dp = "none"``: no differential privacy (only secure aggregation).
 
     ``[privacy.secure_aggregation]`` turns SecAgg+ on (:class:`SecureAggregationConfig`);
-    with DP, clients clip their own deltas and the server adds the noise to the unmasked
-    sum."""
+    with central DP, clients clip their own deltas and the server adds the noise to the
+    unmasked sum."""
 
-    dp: Literal["central", "local", "none"] = "central"
+    dp: Literal["central", "local", "distributed", "none"] = "central"
     clip_norm: PositiveFloat | None = None
     adaptive_clipping: bool = False
     target_quantile: float | None = Field(None, gt=0, lt=1)
@@ -447,7 +496,12 @@ class PrivacyConfig(_Section):
             return self
         if self.noise_multiplier is None and self.target_epsilon is None:
             raise ValueError("give privacy.noise_multiplier, privacy.target_epsilon or both")
-        if self.dp == "local" and self.adaptive_clipping:
+        if self.dp == "distributed" and self.secure_aggregation is None:
+            raise ValueError(
+                'privacy.dp = "distributed" needs [privacy.secure_aggregation]: the clients '
+                "noise the vectors it masks, so that the server only unmasks a noisy sum"
+            )
+        if self.dp in ("local", "distributed") and self.adaptive_clipping:
             raise ValueError(
                 'adaptive clipping needs the server\'s noisy count: use dp = "central"'
             )
@@ -468,11 +522,15 @@ class ExperimentConfig(_Section):
     a chunk), ``sequential`` (the reference, one client after another) or ``ray`` (Ray
     worker actors: a local runtime, or the running cluster at ``ray_address`` such as
     ``"auto"`` or ``"ray://host:port"``; ``ray_workers`` actors, default one per CPU Ray
-    reports). All give the same model for the same seed."""
+    reports). All give the same model for the same seed.
+
+    ``max_seconds`` (optional) is a wall-clock limit: the run ends after the round during
+    which that many seconds have passed (evaluating it), or after ``rounds``."""
 
     name: str = "experiment"
     seed: int = 0
     rounds: PositiveInt
+    max_seconds: PositiveFloat | None = None
     engine: Literal["sequential", "vectorized", "ray"] = "vectorized"
     ray_address: str | None = None
     ray_workers: PositiveInt | None = None

@@ -2,12 +2,15 @@
 
 ``prepare_job`` loads the data (a dataset version from the store, pinned to its number,
 or a ``[data]`` section), holds out a test set when the data has none, and builds the
-model spec; it runs once, before any worker starts, so that bad input fails early with
-one clear error. ``run_job`` opens the output folder (or the checkpoint to resume) and runs
+model spec and the task (detection for a dataset version of boxes or a ``canvases`` or
+``coco`` ``[data]`` section, whose detector spec defines a
+:class:`~fedge.tasks.Detection`; classification otherwise); it runs once, before any
+worker starts, so that bad input fails early with one clear error. ``run_job`` opens the
+output folder (or the checkpoint to resume) and runs
 :func:`~fedge.central.train.train_worker` here or on spawned gloo workers; ``run_env_job``
 runs one worker of a group the environment describes (several machines, ``torchrun``).
 ``register_job`` publishes the final model (ONNX + safetensors + spec) with the job's
-summary, data version and resolved config; it is called only after a job has finished, so
+summary, data version, resolved config and task; it is called only after a job has finished, so
 a failed job leaves the registry as it was.
 """
 
@@ -18,10 +21,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from fedge.central.datasets import DatasetStore
+from fedge.central.datasets import DatasetStore, DatasetVersion
 from fedge.central.ddp import Dist, init_from_env, launch
 from fedge.central.job_folder import JobFolder
 from fedge.central.publish import publish_model
@@ -30,10 +32,11 @@ from fedge.central.storage import default_store_url, open_store
 from fedge.central.train import TrainJob, TrainObserver, TrainResult, train_worker
 from fedge.central.train_config import TrainJobConfig
 from fedge.central.weights import params_from_bytes
-from fedge.data.dataset import FederatedData
-from fedge.data.load import load_data
-from fedge.errors import ConfigError, DataError, FedgeError
-from fedge.models.spec import load_spec
+from fedge.config import DETECTION_DATA, CanvasesData, CocoData
+from fedge.data.holdout import held_out_rows, hold_out
+from fedge.data.load import load_data, load_detection_data
+from fedge.errors import ConfigError, FedgeError
+from fedge.models.spec import load_spec, preset_spec
 from fedge.sim.build import model_spec
 
 __all__ = [
@@ -51,23 +54,6 @@ def job_store_url(config: TrainJobConfig, store: str | None = None) -> str:
     """The store a job reads datasets from and registers into: ``store`` (the command
     line), else the config's ``store``, else ``$FEDGE_STORE``, else ``./fedge-store``."""
     return store or config.store or default_store_url()
-
-
-def _hold_out(data: FederatedData, fraction: float, seed: int) -> FederatedData:
-    """Move a seeded ``fraction`` of the training examples (at least one) to the test set."""
-    n = len(data.train)
-    n_test = max(1, round(fraction * n))
-    if n - n_test < 1:
-        raise DataError(f"{data.name} has {n} examples: too few to hold out a test set")
-    state = np.random.SeedSequence([seed, 0x4E1D]).generate_state(2)
-    generator = torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
-    order = torch.randperm(n, generator=generator)
-    return FederatedData(
-        name=data.name,
-        train=data.train.subset(order[n_test:]),
-        test=data.train.subset(order[:n_test]),
-        num_classes=data.num_classes,
-    )
 
 
 def prepare_job(config: TrainJobConfig, *, store: str | None = None) -> TrainJob:
@@ -92,18 +78,25 @@ def prepare_job(config: TrainJobConfig, *, store: str | None = None) -> TrainJob
         url = job_store_url(config, store)
         datasets = DatasetStore(open_store(url))
         version = datasets.get(config.dataset.name, config.dataset.version)
+        _check_task(config, version.task, version.ref)
+        if version.task == "detection":
+            return _prepare_detection(config, datasets, version, url)
         data = datasets.load_data(version)
         data_version = version.ref
         pinned = config.dataset.model_copy(update={"version": version.version})
         config = config.model_copy(update={"dataset": pinned, "store": url})
         if len(data.test) == 0:
-            data = _hold_out(data, config.dataset.test_fraction, seed)
+            data = hold_out(data, config.dataset.test_fraction, seed)
     else:
         if config.data is None:  # the schema guarantees one of the two
             raise ConfigError("the job has no data: add [dataset] or [data]")
+        detection = config.data.name in DETECTION_DATA
+        _check_task(config, "detection" if detection else "classification", config.data.name)
+        if detection:
+            return _prepare_detection(config)
         data = load_data(config.data, seed=seed)
         if len(data.test) == 0:
-            data = _hold_out(data, 0.1, seed)
+            data = hold_out(data, 0.1, seed)
     spec = model_spec(config.model, data)
     # The models compute in float32; features stored in another float type are converted.
     x_train, x_test = data.train.x, data.test.x
@@ -118,6 +111,73 @@ def prepare_job(config: TrainJobConfig, *, store: str | None = None) -> TrainJob
         y_test=data.test.y,
         data_name=data.name,
         data_version=data_version,
+    )
+
+
+def _check_task(config: TrainJobConfig, kind: str, data: str) -> None:
+    """A :class:`ConfigError` if the job's ``[task] kind`` is not the data's."""
+    if config.task is not None and config.task.kind not in (None, kind):
+        raise ConfigError(f"[task] kind is {config.task.kind}, but {data} holds {kind} data")
+
+
+def _prepare_detection(
+    config: TrainJobConfig,
+    datasets: DatasetStore | None = None,
+    version: DatasetVersion | None = None,
+    url: str | None = None,
+) -> TrainJob:
+    """:func:`prepare_job` for detection data: images and boxes, a detector spec (the
+    ``centernet`` preset or a spec file) and the :class:`~fedge.tasks.Detection` task
+    its output map defines."""
+    from fedge.tasks import Detection
+
+    seed = config.train.seed
+    fraction = 0.1
+    if datasets is not None and version is not None and config.dataset is not None:
+        train, test = datasets.load(version).to_detection()
+        pinned = config.dataset.model_copy(update={"version": version.version})
+        config = config.model_copy(update={"dataset": pinned, "store": url})
+        name, data_version, fraction = version.ref, version.ref, config.dataset.test_fraction
+    elif isinstance(config.data, CanvasesData | CocoData):
+        train, test = load_detection_data(config.data, seed=seed)
+        name, data_version = config.data.name, None
+    else:
+        raise ConfigError("a detection job needs detection data: a canvases or coco [data]")
+    if test is None or len(test) == 0:
+        rows, held = held_out_rows(len(train), fraction, seed, name)
+        train, test = train.subset(rows), train.subset(held)
+    if config.model.spec is not None:
+        spec = load_spec(config.model.spec)
+    elif config.model.preset == "centernet":
+        spec = preset_spec("centernet", train.input_shape, train.num_classes)
+    else:
+        raise ConfigError(
+            f'{name} is detection data: use model.preset = "centernet" or a detector spec '
+            f"file, not the {config.model.preset} classifier"
+        )
+    options = {}
+    if config.task is not None:
+        options = {
+            "score_threshold": config.task.score_threshold,
+            "max_detections": config.task.max_detections,
+        }
+    task = Detection.from_spec(spec, **options)
+    if task.num_classes != train.num_classes or tuple(spec.input_shape) != train.input_shape:
+        raise ConfigError(
+            f"model {spec.name!r} detects {task.num_classes} classes in "
+            f"{list(spec.input_shape)} images, {name} has {train.num_classes} classes in "
+            f"{list(train.input_shape)} images"
+        )
+    return TrainJob(
+        config=config,
+        spec=spec,
+        x_train=train.x.to(torch.float32),
+        y_train=train.y,
+        x_test=test.x.to(torch.float32),
+        y_test=test.y,
+        data_name=name,
+        data_version=data_version,
+        task=task,
     )
 
 
@@ -186,27 +246,30 @@ def run_job(
         raise ConfigError("observers run in this process: use workers=1")
     folder = JobFolder(out)
     folder.open(resume=resume, force=force)
-    start = None
-    if resume:
-        start = folder.load_checkpoint()
-        _check_resumable(start, job)
-    else:
-        folder.write_config(job.config_dict())
-    if workers == 1:
-        threads = torch.get_num_threads()
-        try:
-            if progress:
-                from fedge.central.progress import RichProgress
+    try:
+        start = None
+        if resume:
+            start = folder.load_checkpoint()
+            _check_resumable(start, job)
+        else:
+            folder.write_config(job.config_dict())
+        if workers == 1:
+            threads = torch.get_num_threads()
+            try:
+                if progress:
+                    from fedge.central.progress import RichProgress
 
-                done = int(start["epoch"]) if start else 0
-                with RichProgress(job.config.train.epochs, done=done) as bar:
-                    train_worker(Dist(), job, folder, start, [bar, *observers])
-            else:
-                train_worker(Dist(), job, folder, start, observers)
-        finally:
-            torch.set_num_threads(threads)
-    else:
-        launch(_spawned_worker, (job, folder, start, progress), workers)
+                    done = int(start["epoch"]) if start else 0
+                    with RichProgress(job.config.train.epochs, done=done) as bar:
+                        train_worker(Dist(), job, folder, start, [bar, *observers])
+                else:
+                    train_worker(Dist(), job, folder, start, observers)
+            finally:
+                torch.set_num_threads(threads)
+        else:
+            launch(_spawned_worker, (job, folder, start, progress), workers)
+    finally:
+        folder.close()  # the workers have ended: no process of this job is left
     return load_result(out)
 
 
@@ -238,6 +301,7 @@ def run_env_job(
             raise error
         _spawned_worker(dist, job, folder, start, progress)
     finally:
+        folder.close()
         if dist.world_size > 1:
             torch.distributed.destroy_process_group()
     return load_result(out) if dist.is_main else None
@@ -271,4 +335,5 @@ def register_job(result: TrainResult, job: TrainJob, name: str, store_url: str) 
         data_version=job.data_version,
         config=job.config_dict(),
         source=str(result.out.resolve()),
+        task=job.the_task.to_dict(),
     )

@@ -20,11 +20,19 @@ The semantics are those of one process; more workers only change how a step is c
   PyTorch's SGD applies ``η`` outside the momentum buffer, so changing ``η`` needs no
   momentum correction.
 
-After every epoch the ranks evaluate disjoint parts of the test set and sum the results;
-rank 0 writes ``metrics.jsonl`` and a checkpoint (weights, optimizer, epoch, RNG state,
-history). As an epoch's batches depend only on ``(seed, epoch)``, a job resumed from the
-checkpoint of epoch ``k`` — with any number of workers — repeats the steps an
-uninterrupted job takes from there, and ends with the same weights.
+The job's task (:mod:`fedge.tasks`) owns the loss and the metrics: for classification
+the per-example loss is cross-entropy and the metric accuracy; for detection the loss is
+CenterNet's (its ``reduction="sum"`` over the rank's images, divided by the global batch
+as above) and the metrics COCO mAP (``test_map``, ``test_map50``). The best epoch is the
+one with the best headline metric (accuracy, or mAP@.5).
+
+After every epoch the ranks evaluate disjoint parts of the test set and sum the results
+(detection: rank 0 evaluates the whole test set, as mAP is not a sum over examples, and
+sends the metrics to the others); rank 0 writes ``metrics.jsonl`` and a checkpoint
+(weights, optimizer, epoch, RNG state, history). As an epoch's batches depend only on
+``(seed, epoch)``, a job resumed from the checkpoint of epoch ``k`` — with any number of
+workers — repeats the steps an uninterrupted job takes from there, and ends with the same
+weights.
 """
 
 from __future__ import annotations
@@ -39,14 +47,15 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from fedge.central.ddp import Dist
 from fedge.central.job_folder import JobFolder
 from fedge.central.train_config import TrainJobConfig, TrainSection
 from fedge.errors import TrainingError
-from fedge.fl.local import evaluate
+from fedge.fl.local import evaluate, get_params, set_params
 from fedge.models.spec import ModelSpec, build_model, count_parameters, fast_layout
+from fedge.tasks import Classification, Task
+from fedge.traffic import fingerprint_test_set, tensors_nbytes, traffic_summary
 
 __all__ = [
     "TrainJob",
@@ -74,7 +83,7 @@ class TrainJob:
 
     ``config`` is the resolved job config (a dataset version pinned to its number);
     ``data_version`` is ``name@n`` for data from the store, ``None`` for a ``[data]``
-    section.
+    section. ``task`` defaults to classification into the spec's outputs.
     """
 
     config: TrainJobConfig
@@ -85,6 +94,14 @@ class TrainJob:
     y_test: torch.Tensor
     data_name: str
     data_version: str | None = None
+    task: Task | None = None
+
+    @property
+    def the_task(self) -> Task:
+        """``task``, or classification into the spec's outputs when it is not set."""
+        if self.task is not None:
+            return self.task
+        return Classification(int(self.spec.output_shapes()[-1][0]))
 
     def config_dict(self) -> dict[str, Any]:
         """The resolved config as plain TOML/JSON data (unset options left out)."""
@@ -146,11 +163,38 @@ def _evaluate(
     return float(totals[0] / totals[2]), float(totals[1] / totals[2])
 
 
+def _evaluate_task(
+    job: TrainJob, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, dist: Dist
+) -> dict[str, float]:
+    """The test metrics of an epoch, ``test_``-prefixed. Classification sums the ranks'
+    parts (``x``, ``y``); other tasks evaluate the whole test set on rank 0, whose
+    metrics every rank receives."""
+    task = job.the_task
+    batch = job.config.train.eval_batch_size
+    if task.kind == "classification":
+        loss, accuracy = _evaluate(model, x, y, dist, batch)
+        return {"test_loss": loss, "test_accuracy": accuracy}
+    metrics = None
+    if dist.is_main:
+        found = task.evaluate(model, job.x_test, job.y_test, batch_size=batch)
+        metrics = {f"test_{k}": v for k, v in found.items()}
+    return dist.broadcast(metrics)
+
+
 def _summary(
     job: TrainJob, history: list[dict[str, Any]], dist: Dist, resumed: int | None
 ) -> dict[str, Any]:
     t = job.config.train
-    best = max(history, key=lambda m: m["test_accuracy"])
+    task = job.the_task
+    key = f"test_{task.headline_metric}"
+    best = max(history, key=lambda m: m[key] if math.isfinite(m[key]) else -math.inf)
+    extra = {}
+    if task.kind != "classification":
+        extra = {
+            "task": task.to_dict(),
+            "final_test_map": history[-1]["test_map"],
+            "best_test_map": max(m["test_map"] for m in history),
+        }
     seconds = sum(m["seconds"] for m in history)
     n = int(job.y_train.shape[0])
     return {
@@ -159,22 +203,51 @@ def _summary(
         "dataset": job.data_name,
         "num_train": n,
         "num_test": int(job.y_test.shape[0]),
+        "test_set_sha256": fingerprint_test_set(job.x_test, job.y_test),
         "model": job.spec.name,
-        "parameters": count_parameters(build_model(job.spec)),
+        "num_parameters": count_parameters(build_model(job.spec)),
         "workers": dist.world_size,
-        "epochs": t.epochs,
+        "epochs": len(history),
         "batch_size": t.batch_size,
         "peak_lr": t.peak_lr,
-        "final_test_accuracy": history[-1]["test_accuracy"],
+        f"final_{key}": history[-1][key],
         "final_test_loss": history[-1]["test_loss"],
         "final_train_loss": history[-1]["train_loss"],
-        "best_test_accuracy": best["test_accuracy"],
+        f"best_{key}": best[key],
         "best_epoch": best["epoch"],
+        **extra,
         "seconds": seconds,
         "seconds_per_epoch": seconds / len(history),
         "samples_per_second": n * len(history) / max(seconds, 1e-9),
         "resumed_at_epoch": resumed,
+        **traffic_summary(
+            history, num_train=n, participants=max(m["participants"] for m in history)
+        ),
     }
+
+
+def _epoch_traffic(job: TrainJob, dist: Dist, epoch: int, allreduced: int) -> dict[str, int]:
+    """An epoch's byte counters (:mod:`fedge.traffic`): ``allreduced`` bytes sent (and as
+    many received) by all ranks together, and the training data, which reached the cloud
+    from its owners' devices once, before the first epoch."""
+    n = int(job.y_train.shape[0])
+    data = tensors_nbytes([job.x_train, job.y_train]) if epoch == 0 else 0
+    return {
+        "examples": n,
+        "participants": dist.world_size,
+        "bytes_down": allreduced,
+        "bytes_up": allreduced,
+        "bytes_data": data,
+        "samples_uploaded": n if epoch == 0 else 0,
+        "bytes_sent": allreduced + data,
+    }
+
+
+def _out_of_time(history: Sequence[Mapping[str, Any]], t: TrainSection, dist: Dist) -> bool:
+    """Whether the finished epochs used up ``max_seconds`` (rank 0 decides for all)."""
+    if t.max_seconds is None:
+        return False
+    return bool(dist.broadcast(sum(m["seconds"] for m in history) >= t.max_seconds))
 
 
 def train_worker(
@@ -188,8 +261,11 @@ def train_worker(
     into ``folder`` (already opened) and calls ``observers``. ``start`` is a checkpoint
     to continue from."""
     t = job.config.train
+    task = job.the_task
     torch.set_num_threads(t.threads)
-    model = fast_layout(build_model(job.spec, seed=t.seed))
+    model = build_model(job.spec, seed=t.seed)
+    set_params(model, task.init_params(job.spec, get_params(model)))
+    model = fast_layout(model)
     params = list(model.parameters())
     for p in params:
         p.grad = torch.zeros_like(p)
@@ -212,7 +288,10 @@ def train_worker(
     test_part = torch.arange(int(job.y_test.shape[0]))[dist.rank :: dist.world_size]
     x_test, y_test = job.x_test[test_part], job.y_test[test_part]
     for epoch in range(first, t.epochs):
+        if _out_of_time(history, t, dist):
+            break
         t0 = time.perf_counter()
+        sent = dist.traffic.sent
         for obs in observers:
             obs.epoch_started(epoch + 1, steps)
         order = epoch_order(t.seed, epoch, n)
@@ -227,7 +306,8 @@ def train_worker(
             optimizer.zero_grad(set_to_none=False)
             loss = torch.zeros(())
             if len(mine):
-                loss = F.cross_entropy(model(job.x_train[mine]), job.y_train[mine], reduction="sum")
+                targets = task.collate(job.y_train[mine])
+                loss = task.loss(model(job.x_train[mine]), targets, reduction="sum")
                 (loss / len(batch)).backward()
             batch_loss = _sync_gradients(params, loss.detach(), dist)
             if not math.isfinite(batch_loss):
@@ -240,15 +320,15 @@ def train_worker(
             for obs in observers:
                 obs.step_finished(len(batch))
         train_seconds = time.perf_counter() - t0
-        test_loss, test_accuracy = _evaluate(model, x_test, y_test, dist, t.eval_batch_size)
+        evaluation = _evaluate_task(job, model, x_test, y_test, dist)
         metrics = {
             "epoch": epoch + 1,
             "train_loss": loss_sum / n,
-            "test_loss": test_loss,
-            "test_accuracy": test_accuracy,
+            **evaluation,
             "seconds": time.perf_counter() - t0,
             "train_seconds": train_seconds,
             "lr": lr,
+            **_epoch_traffic(job, dist, epoch, dist.traffic.sent - sent),
         }
         history.append(metrics)
         if dist.is_main:

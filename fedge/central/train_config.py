@@ -23,6 +23,11 @@ A job names its data (a dataset version in the store, or a ``[data]`` section as
     warmup_epochs = 1
     seed = 0
 
+    [task]                      # optional: what the data says, checked, and served defaults
+    kind = "detection"          # detection data (boxes) trains a detector, e.g. the
+    score_threshold = 0.3       # centernet preset; these two are /predict's defaults
+    max_detections = 100
+
 Unknown keys and values of the wrong type are a :class:`~fedge.errors.ConfigError` that
 names the key.
 """
@@ -49,6 +54,7 @@ from fedge.errors import ConfigError
 
 __all__ = [
     "DatasetSection",
+    "TaskSection",
     "TrainJobConfig",
     "TrainSection",
     "load_train_config",
@@ -80,6 +86,9 @@ class TrainSection(_Section):
     ``lr * batch_size / reference_batch`` (``reference_batch`` defaults to ``batch_size``:
     no scaling), reached by a linear ramp from ``lr`` over the first ``warmup_epochs``
     epochs (counted in steps; default 0, no warm-up), and then held.
+
+    ``max_seconds`` (optional) is a wall-clock limit: no epoch starts once the finished
+    epochs have taken that many seconds, so the job ends after at most ``epochs``.
     """
 
     epochs: PositiveInt = 1
@@ -92,11 +101,24 @@ class TrainSection(_Section):
     seed: int = 0
     eval_batch_size: PositiveInt = 512
     threads: PositiveInt = 1
+    max_seconds: PositiveFloat | None = None
 
     @property
     def peak_lr(self) -> float:
         """The learning rate after warm-up: ``lr`` scaled linearly by the global batch."""
         return self.lr * self.batch_size / (self.reference_batch or self.batch_size)
+
+
+class TaskSection(_Section):
+    """What the job learns. ``kind`` (optional) must match the data: a dataset version of
+    boxes, or a ``canvases`` or ``coco`` ``[data]`` section, is detection; anything else
+    classification. A detector's ``score_threshold`` (default 0.3) and ``max_detections``
+    (default 100) are recorded with the model as what ``fedge serve`` answers with when a
+    request sets neither."""
+
+    kind: Literal["classification", "detection"] | None = None
+    score_threshold: float = Field(0.3, ge=0, le=1)
+    max_detections: int = Field(100, ge=1, le=1000)
 
 
 class TrainJobConfig(_Section):
@@ -109,6 +131,7 @@ class TrainJobConfig(_Section):
     data: DataConfig | None = None
     model: ModelConfig
     train: TrainSection = TrainSection()
+    task: TaskSection | None = None
 
     @model_validator(mode="after")
     def _one_data_source(self) -> TrainJobConfig:

@@ -83,6 +83,7 @@ class FedgeGroup(TyperGroup):
         "simulate",
         "data",
         "train",
+        "compare",
         "models",
         "serve",
         "tokens",

@@ -54,7 +54,7 @@ def server(
     console.print(
         f"[bold]{cfg.name}[/]: {fed.strategy.name}, model {fed.spec.name}, "
         f"{fed.policy.target} updates per round from {fed.policy.selected} tasks, "
-        f"model version {fed.coordinator.state.round} of {cfg.rounds}"
+        f"model version {fed.coordinator.state.rounds_completed} of {cfg.rounds}"
         + (f", round {r.number} open" if r is not None else ", finished"),
         soft_wrap=True,
     )

@@ -22,6 +22,7 @@ from rich.progress import (
 )
 
 from fedge.cli.common import FedgeGroup, SetOption, console, friendly
+from fedge.cli.compare import compare
 from fedge.cli.edge import edge_app
 from fedge.cli.federation import client, server
 from fedge.cli.models import models_app
@@ -42,6 +43,7 @@ privacy_app = typer.Typer(help="Differential privacy budgets.", no_args_is_help=
 # FedgeGroup lists the commands in workflow order, whatever the order they are added in.
 app.add_typer(data_app, name="data")
 app.command("train")(train)
+app.command("compare")(compare)
 app.add_typer(models_app, name="models")
 app.command("serve")(serve)
 app.add_typer(tokens_app, name="tokens")
@@ -176,8 +178,9 @@ def simulate(
         p = fed.privacy
         how = f"calibrated for ε = {p.target_epsilon:g}" if p.calibrated else "given"
         clip = "adaptive clipping" if p.adaptive else f"clipping norm {p.clip_norm:g}"
+        kind = "distributed DP, client noise" if p.ledger.skellam else "DP-FedAvg"
         console.print(
-            f"DP-FedAvg: noise multiplier {p.noise_multiplier:.4g} ({how}), {clip}, "
+            f"{kind}: noise multiplier {p.noise_multiplier:.4g} ({how}), {clip}, "
             f"δ = {p.ledger.delta:.3g}",
             soft_wrap=True,
         )
@@ -281,20 +284,48 @@ def privacy_plan(
             help="Secure aggregation: fraction of clients that may collude with the server."
         ),
     ] = 0.05,
+    params: Annotated[
+        int | None,
+        typer.Option(
+            help="Distributed DP: the model's number of parameters (prints the Skellam "
+            "noise the clients add).",
+            show_default=False,
+        ),
+    ] = None,
+    modulus_bits: Annotated[
+        int, typer.Option(help="Distributed DP: secure aggregation's modulus 2^b.")
+    ] = 32,
+    clip_norm: Annotated[float, typer.Option(help="Distributed DP: the clipping norm S.")] = 1.0,
 ) -> None:
     """Print the noise multiplier DP-FedAvg needs for (ε, δ) after T rounds, the noise it
     puts on the averaged update, and the SecAgg+ graph degree k and threshold t for the
-    cohort, before anyone trains.
+    cohort, before anyone trains. With --params, also the Skellam noise of distributed DP
+    (privacy.dp = "distributed").
 
     Example: fedge privacy plan --clients 1000 --per-round 100 --rounds 100 --epsilon 8
     """
     from fedge.privacy.ledger import default_delta
-    from fedge.privacy.plan import plan_report, secagg_report
+    from fedge.privacy.plan import distributed_report, plan_report, secagg_report
 
     resolved = delta if delta is not None else default_delta(max(clients, 1))
     for line in plan_report(clients, per_round, rounds, epsilon, resolved):
         console.print(line, soft_wrap=True, markup=False)
     console.print(secagg_report(per_round, dropout, corrupt), soft_wrap=True, markup=False)
+    if params is not None:
+        lines = distributed_report(
+            clients,
+            per_round,
+            rounds,
+            epsilon,
+            resolved,
+            dimension=params,
+            dropout=dropout,
+            corrupt=corrupt,
+            modulus_bits=modulus_bits,
+            clip_norm=clip_norm,
+        )
+        for line in lines:
+            console.print(line, soft_wrap=True, markup=False)
 
 
 def main() -> None:  # pragma: no cover - console entry

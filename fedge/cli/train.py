@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from fedge.cli.common import SetOption, console, friendly
 from fedge.cli.models import StoreOption
@@ -29,8 +31,8 @@ def _source_arrays(
     import json
 
     from fedge.central.datasets import DatasetArrays, read_npz
-    from fedge.config import apply_overrides, parse_section, read_toml
-    from fedge.data.load import load_data
+    from fedge.config import DETECTION_DATA, apply_overrides, parse_section, read_toml
+    from fedge.data.load import load_data, load_detection_data
 
     if source is not None and source.suffix == ".npz":
         if overrides:
@@ -48,9 +50,12 @@ def _source_arrays(
     seed = seed if seed is not None else raw.get("seed", 0)
     if not isinstance(seed, int):
         raise ConfigError(f"seed must be an integer, got {seed!r}")
-    with console.status(f"loading {section.name}", spinner="dots"):
-        data = load_data(section, seed=seed)
     description = json.dumps(section.model_dump(mode="json", exclude_none=True))
+    with console.status(f"loading {section.name}", spinner="dots"):
+        if section.name in DETECTION_DATA:
+            train, test = load_detection_data(section, seed=seed)
+            return DatasetArrays.from_detection(train, test), f"data {description} seed {seed}"
+        data = load_data(section, seed=seed)
     return DatasetArrays.from_data(data), f"data {description} seed {seed}"
 
 
@@ -94,7 +99,8 @@ def data_upload(
     grown = f", {v.appended:,} new samples on version {v.parent}" if v.parent else ""
     console.print(
         f"{v.ref}: {v.num_train:,} training and {v.num_test:,} test examples of shape "
-        f"{v.input_shape} ({v.train.x_dtype}), {v.num_classes} classes{grown}; "
+        f"{v.input_shape} ({v.train.x_dtype}), {v.num_classes} classes"
+        f"{' with boxes' if v.task == 'detection' else ''}{grown}; "
         f"{v.size / 2**20:.1f} MiB in {datasets.store.url}",
         soft_wrap=True,
         markup=False,
@@ -146,10 +152,28 @@ def data_versions(
             f"{v.num_train:,}",
             f"{v.num_test:,}",
             "x".join(map(str, v.input_shape)) + f" {v.train.x_dtype}",
-            str(v.num_classes),
+            str(v.num_classes) + (" (boxes)" if v.task == "detection" else ""),
             parent,
         )
     console.print(table)
+
+
+def _accuracy_line(summary: Mapping[str, Any], out: Path) -> str:
+    """The final test accuracy and the best epoch's (an earlier epoch may have done better),
+    as ``fedge simulate`` reports rounds; a detector's mAP@.5 and mAP@[.5:.95]."""
+    if "final_test_map50" in summary:
+        return (
+            f"test mAP@.5 [bold]{100 * summary['final_test_map50']:.2f}%[/], mAP@[.5:.95] "
+            f"{100 * summary['final_test_map']:.2f}% after {summary['epochs']} epochs, best "
+            f"mAP@.5 {100 * summary['best_test_map50']:.2f}% in epoch {summary['best_epoch']} "
+            f"({summary['seconds_per_epoch']:.2f} s per epoch); results in {escape(str(out))}/"
+        )
+    return (
+        f"test accuracy [bold]{100 * summary['final_test_accuracy']:.2f}%[/] after "
+        f"{summary['epochs']} epochs, best {100 * summary['best_test_accuracy']:.2f}% in epoch "
+        f"{summary['best_epoch']} ({summary['seconds_per_epoch']:.2f} s per epoch); results in "
+        f"{escape(str(out))}/"
+    )
 
 
 @friendly
@@ -237,12 +261,7 @@ def train(
         raise
     if result is None:
         return
-    s = result.summary
-    console.print(
-        f"test accuracy [bold]{100 * s['final_test_accuracy']:.2f}%[/] after {s['epochs']} "
-        f"epochs ({s['seconds_per_epoch']:.2f} s per epoch); results in {result.out}/",
-        soft_wrap=True,
-    )
+    console.print(_accuracy_line(result.summary, result.out), soft_wrap=True)
     if register is not None:
         with console.status("exporting to ONNX and registering", spinner="dots"):
             v = register_job(result, job, register, url)

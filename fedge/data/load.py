@@ -2,22 +2,31 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from fedge.config import (
+    DETECTION_DATA,
+    CanvasesData,
+    CocoData,
     DataConfig,
     DigitsData,
     FashionMNISTData,
     LeafData,
     NaturalPartition,
     PartitionConfig,
+    StoreData,
     SyntheticData,
 )
 from fedge.data import partition as P
 from fedge.data.dataset import FederatedData
 from fedge.errors import ConfigError
 
-__all__ = ["load_data", "partition_data"]
+if TYPE_CHECKING:
+    from fedge.data.detection import DetectionDataset
+
+__all__ = ["load_data", "load_detection_data", "partition_data"]
 
 
 def load_data(config: DataConfig, *, seed: int = 0) -> FederatedData:
@@ -40,7 +49,41 @@ def load_data(config: DataConfig, *, seed: int = 0) -> FederatedData:
         from fedge.data.digits import load_digits
 
         return load_digits(test_fraction=config.test_fraction, seed=seed)
+    if isinstance(config, StoreData):
+        from fedge.data.store import load_store_data
+
+        return load_store_data(config, seed=seed)
+    if config.name in DETECTION_DATA:
+        raise ConfigError(
+            f"[data] {config.name} is detection data (boxes, not labels): train it with "
+            "fedge train or upload it with fedge data upload"
+        )
     raise ConfigError(f"unknown dataset {config!r}")
+
+
+def load_detection_data(
+    config: CanvasesData | CocoData, *, seed: int = 0
+) -> tuple[DetectionDataset, DetectionDataset | None]:
+    """The training and (if the source has one) test images and boxes of a detection
+    ``[data]`` section."""
+    if isinstance(config, CanvasesData):
+        from fedge.data.canvases import CanvasConfig, fashion_mnist_canvases
+
+        canvas = CanvasConfig(
+            size=config.size,
+            max_items=config.max_items,
+            max_scale=min(CanvasConfig.max_scale, config.size / 28),
+        )
+        return fashion_mnist_canvases(
+            config.num_train, config.num_test, seed=seed, config=canvas, data_dir=config.data_dir
+        )
+    from fedge.data.detection import load_coco
+
+    train = load_coco(config.annotations, config.images)
+    test = None
+    if config.test_annotations is not None:
+        test = load_coco(config.test_annotations, config.test_images, input_shape=train.input_shape)
+    return train, test
 
 
 def partition_data(

@@ -305,7 +305,7 @@ class FederatedClient:
             self.y,
             local,
             client_generator(task.seed, task.training_round, self.rng_id),
-            client_id=self.rng_id,
+            client_index=self.rng_id,
         )
         if task.secure_aggregation is not None:
             self._secure_round(identity, task, strategy, own, update)

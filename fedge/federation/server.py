@@ -53,7 +53,7 @@ from fedge.fl.local import LocalTraining, evaluate
 from fedge.fl.rounds import Round, RoundCoordinator, RoundPolicy, RoundStatus, RoundTally
 from fedge.fl.sampling import clients_per_round
 from fedge.fl.types import ClientUpdate, ServerState
-from fedge.models.spec import ModelSpec, build_model, fast_layout, load_spec
+from fedge.models.spec import ModelSpec, build_model, count_parameters, fast_layout, load_spec
 from fedge.privacy.plan import PrivacyPlan, plan_privacy
 from fedge.privacy.secagg import SecAggAborted, SecAggSettings, apply_secure_sum, plan_round
 from fedge.privacy.secagg.aggregation import secagg_settings
@@ -211,7 +211,9 @@ class FederationServer:
     # --- start-up -----------------------------------------------------------------------
 
     def _setup_privacy(self, config: ExperimentConfig, target: int) -> None:
-        """DP-FedAvg on the strategy, secure aggregation on the rounds, as configured."""
+        """DP-FedAvg on the strategy, secure aggregation on the rounds, as configured.
+        With distributed DP the devices add the noise before masking (the task's plan says
+        how much) and the server adds none."""
         privacy = config.privacy
         assert privacy is not None
         if privacy.dp == "local":
@@ -219,15 +221,18 @@ class FederationServer:
                 '[privacy] dp = "local" is not built into the deployment server yet (devices '
                 'would add the noise; it runs in `fedge simulate`): use dp = "central"'
             )
-        if privacy.dp == "central":
+        if privacy.dp in ("central", "distributed"):
             # who takes part depends on who checks in, not on a uniform draw: no
             # amplification by sampling in the ledger
+            distributed = privacy.dp == "distributed"
             self.privacy = plan_privacy(
                 privacy,
                 num_clients=self.num_devices,
                 clients_per_round=target,
                 rounds=config.rounds,
                 amplified=False,
+                dimension=count_parameters(build_model(self.spec)) if distributed else None,
+                max_clients=self.policy.selected,
             )
             self.strategy = self.privacy.wrap(self.strategy, seed=config.seed)
             if self.privacy.budget_stop:
@@ -281,28 +286,28 @@ class FederationServer:
         model, server = self.store.read_version(version)
         _, params, _ = decode_model(model)
         _, _, extras = decode_model(server)
-        return ServerState(params=params, round=version, extras=extras)
+        return ServerState(params=params, rounds_completed=version, extras=extras)
 
     def _write_version(self, state: ServerState) -> str:
         task = self.strategy.client_task(state)
-        model = encode_model(state.params, task.extras, model_version=state.round)
-        server = encode_model({}, state.extras, model_version=state.round)
-        return self.store.write_version_files(state.round, model, server)
+        model = encode_model(state.params, task.extras, model_version=state.rounds_completed)
+        server = encode_model({}, state.extras, model_version=state.rounds_completed)
+        return self.store.write_version_files(state.rounds_completed, model, server)
 
     def _resume_round(self) -> None:
         row = self.store.current_round()
         if row is None:
             if not self.coordinator.finished:
                 number = self.store.last_round_number() + 1
-                self.store.open_round(number, self.coordinator.state.round)
+                self.store.open_round(number, self.coordinator.state.rounds_completed)
                 self.coordinator.open(number)
                 self._open_secure(number)
             return
         number, version, started_at = row
-        if version != self.coordinator.state.round:
+        if version != self.coordinator.state.rounds_completed:
             raise FedgeError(
                 f"server state is inconsistent: open round {number} trains version {version} "
-                f"but the latest model is version {self.coordinator.state.round}"
+                f"but the latest model is version {self.coordinator.state.rounds_completed}"
             )
         current = self.coordinator.open(number)
         current.started_at = started_at
@@ -341,7 +346,7 @@ class FederationServer:
         }
 
     def _cache_model(self) -> None:
-        version = self.coordinator.state.round
+        version = self.coordinator.state.rounds_completed
         self.model_bytes = self.store.read_version(version)[0]
         self.model_etag = hashlib.sha256(self.model_bytes).hexdigest()
 
@@ -424,7 +429,7 @@ class FederationServer:
     async def _checkin(self, device: str) -> Task | Wait | Finished:
         self.last_seen[device] = self.clock()
         if self.coordinator.finished:
-            return Finished(model_version=self.coordinator.state.round)
+            return Finished(model_version=self.coordinator.state.rounds_completed)
         async with self.lock:
             current = self.coordinator.round
             if current is None or current.status is not RoundStatus.OPEN:
@@ -586,7 +591,10 @@ class FederationServer:
         try:
             if secure.stage == "unmask":
                 state = await asyncio.to_thread(self._finish_secure)
-                version = (state.round, await asyncio.to_thread(self._write_version, state))
+                version = (
+                    state.rounds_completed,
+                    await asyncio.to_thread(self._write_version, state),
+                )
                 metrics = self._round_metrics(current)
                 metrics["secure_aggregation"] = secure.summary()
                 await self._conclude(current, state, version, metrics)
@@ -679,7 +687,10 @@ class FederationServer:
                 log.error("round %d cannot be aggregated: %s", current.number, exc)
                 metrics["error"] = str(exc)
             else:
-                version = (state.round, await asyncio.to_thread(self._write_version, state))
+                version = (
+                    state.rounds_completed,
+                    await asyncio.to_thread(self._write_version, state),
+                )
                 metrics.update(
                     samples=tally.samples, train_loss=tally.train_loss, devices=tally.devices
                 )
@@ -706,8 +717,12 @@ class FederationServer:
         if version is None:
             state = self.coordinator.state
         elif self.privacy is not None:  # the ledger after this release
-            metrics["epsilon"] = self.privacy.epsilon(state.round)
-        upcoming = None if state.round >= self.rounds else (current.number + 1, state.round)
+            metrics["epsilon"] = self.privacy.epsilon(state.rounds_completed)
+        upcoming = (
+            None
+            if state.rounds_completed >= self.rounds
+            else (current.number + 1, state.rounds_completed)
+        )
         await asyncio.to_thread(
             self.store.commit_round,
             current.number,
@@ -761,9 +776,11 @@ class FederationServer:
             try:
                 loss, acc = await asyncio.to_thread(self._evaluate, state)
                 async with self.lock:  # one writer on the SQLite connection at a time
-                    await asyncio.to_thread(self.store.add_evaluation, state.round, loss, acc)
+                    await asyncio.to_thread(
+                        self.store.add_evaluation, state.rounds_completed, loss, acc
+                    )
             except (FedgeError, RuntimeError) as exc:
-                log.error("evaluation of model version %d failed: %s", state.round, exc)
+                log.error("evaluation of model version %d failed: %s", state.rounds_completed, exc)
                 return
             entry.update(test_loss=loss, test_accuracy=acc)
 
@@ -803,11 +820,11 @@ class FederationServer:
             "strategy": self.strategy.name,
             "rounds": self.rounds,
             "privacy": (
-                self.privacy.guarantee(self.coordinator.state.round)
+                self.privacy.guarantee(self.coordinator.state.rounds_completed)
                 if self.privacy is not None
                 else None
             ),
-            "model_version": self.coordinator.state.round,
+            "model_version": self.coordinator.state.rounds_completed,
             "finished": self.coordinator.finished,
             "round": current if not self.coordinator.finished else None,
             "devices": {

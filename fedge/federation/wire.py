@@ -162,7 +162,7 @@ def decode_update(data: bytes, *, device: str) -> DecodedUpdate:
         raise UpdateRejected("metadata metrics must be a JSON object of at most 64 numbers")
     params, extras = _unpack(_tensors(data))
     update = ClientUpdate(
-        client_id=device,
+        client=device,
         params=params,
         num_samples=_int(meta, "num_samples"),
         num_steps=_int(meta, "num_steps"),

@@ -68,13 +68,13 @@ class LocalTraining:
         return n // b if self.drop_last else math.ceil(n / b)
 
 
-def client_generator(seed: int, round: int, client_id: int) -> torch.Generator:
+def client_generator(seed: int, round: int, client_index: int) -> torch.Generator:
     """The random stream of one client in one round.
 
-    Derived from ``(seed, round, client_id)`` alone, so a client's batches do not depend
+    Derived from ``(seed, round, client_index)`` alone, so a client's batches do not depend
     on which other clients are sampled, in what order, or on which engine.
     """
-    state = np.random.SeedSequence([seed, round, client_id, 0x10CA1]).generate_state(2)
+    state = np.random.SeedSequence([seed, round, client_index, 0x10CA1]).generate_state(2)
     return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
@@ -102,15 +102,16 @@ def train_client(
     config: LocalTraining,
     generator: torch.Generator,
     *,
-    client_id: int = 0,
+    client_index: int = 0,
     max_steps: int | None = None,
 ) -> ClientUpdate:
     """Run local SGD from ``task.params`` on ``(x, y)`` and report the trained weights.
 
     ``model`` is a work area: its parameters are overwritten. ``x`` and ``y`` are the
     client's own examples. ``max_steps`` stops a client that does only part of its work
-    (a straggler) after that many local steps. The report is completed by the strategy's
-    :meth:`~fedge.fl.strategy.Strategy.finish_client`.
+    (a straggler) after that many local steps. ``client_index`` is the client's index in
+    the simulation, reported as :attr:`~fedge.fl.types.ClientUpdate.client`. The report is
+    completed by the strategy's :meth:`~fedge.fl.strategy.Strategy.finish_client`.
     """
     n = int(y.shape[0])
     set_params(model, task.params)
@@ -152,7 +153,7 @@ def train_client(
         loss_sum += loss.detach() * idx.shape[0]
         seen += idx.shape[0]
     update = ClientUpdate(
-        client_id=client_id,
+        client=client_index,
         params=get_params(model),
         num_samples=n,
         num_steps=steps,

@@ -48,7 +48,7 @@ def check_update(
     ``max_samples`` bounds the claimed sample count, so that no device can outweigh the
     fleet by claiming a huge ``n_k``; metrics must be finite numbers.
     """
-    who = f"update from client {update.client_id}"
+    who = f"update from client {update.client}"
     n = update.num_samples
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise UpdateRejected(f"{who}: num_samples must be an integer >= 1, got {n!r}")

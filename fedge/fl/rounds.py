@@ -205,7 +205,7 @@ class RoundTally:
         self.samples += update.num_samples
         self.examples += update.metrics.get("examples", 0)
         self.loss += update.metrics.get("train_loss", 0.0) * update.num_samples
-        self.devices.append(str(update.client_id))
+        self.devices.append(str(update.client))
 
     @property
     def train_loss(self) -> float:
@@ -239,13 +239,15 @@ class RoundCoordinator:
 
     @property
     def finished(self) -> bool:
-        return self.state.round >= self.rounds
+        return self.state.rounds_completed >= self.rounds
 
     def open(self, number: int) -> Round:
         """Open round ``number`` on the current model."""
         if self.finished:
             raise FedgeError(f"all {self.rounds} rounds are done")
-        self.round = Round(number=number, model_version=self.state.round, policy=self.policy)
+        self.round = Round(
+            number=number, model_version=self.state.rounds_completed, policy=self.policy
+        )
         return self.round
 
     def task(self) -> ClientTask:
@@ -278,15 +280,18 @@ class RoundCoordinator:
         except FedgeError:
             if tally.rejected:
                 raise FedgeError(
-                    f"round {self.state.round + 1}: all {tally.rejected} client updates held "
-                    "NaN or Inf (training diverged?): lower client.lr"
+                    f"round {self.state.rounds_completed + 1}: all {tally.rejected} client "
+                    "updates held NaN or Inf (training diverged?): lower client.lr"
                 ) from None
             raise
 
     def advance(self, state: ServerState) -> None:
         """Make ``state`` (from :meth:`aggregate`) the global state and close the round."""
-        if state.round != self.state.round + 1:
-            raise FedgeError(f"state of round {state.round} follows model {self.state.round}")
+        if state.rounds_completed != self.state.rounds_completed + 1:
+            raise FedgeError(
+                f"a state after {state.rounds_completed} rounds cannot follow model version "
+                f"{self.state.rounds_completed}"
+            )
         self.state = state
         self._reference = (state.params, self.strategy.reported_extras(state))
         if self.round is not None:

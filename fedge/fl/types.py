@@ -70,14 +70,16 @@ class ServerState:
     ----------
     params:
         Global model parameters.
-    round:
-        Number of rounds completed so far (0 before the first round).
+    rounds_completed:
+        Rounds aggregated into ``params`` so far (0 before the first round); in a
+        deployment this is the model version. The round a client trains next is
+        ``rounds_completed + 1`` (:attr:`ClientTask.round`).
     extras:
         Strategy-owned state, e.g. a server optimizer's moments; empty for FedAvg.
     """
 
     params: Params
-    round: int = 0
+    rounds_completed: int = 0
     extras: Mapping[str, Params] = field(default_factory=dict)
 
 
@@ -88,7 +90,8 @@ class ClientTask:
     Attributes
     ----------
     round:
-        The round being trained (1-based).
+        The round being trained (1-based): ``ServerState.rounds_completed + 1`` of the
+        state the task was made from.
     params:
         The global model to start from.
     extras:
@@ -111,8 +114,9 @@ class ClientUpdate:
 
     Attributes
     ----------
-    client_id:
-        Index of the client in the simulation, or its device id in a deployment.
+    client:
+        Who trained it: the client's index (``int``) in a simulation, its device id
+        (``str``) in a deployment.
     params:
         The client's model after local training (w_k).
     num_samples:
@@ -127,7 +131,7 @@ class ClientUpdate:
         The client's new own state, kept by the client and never sent to the server.
     """
 
-    client_id: int | str
+    client: int | str
     params: Params
     num_samples: int
     num_steps: int

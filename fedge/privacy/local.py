@@ -81,7 +81,7 @@ class LocalDP(Wrapper):
         norm = float(delta.norm())
         if norm > self.clip_norm:
             delta = delta * (self.clip_norm / norm)
-        generator = client_noise_generator(self.seed, task.round, update.client_id)
+        generator = client_noise_generator(self.seed, task.round, update.client)
         noise = torch.randn(delta.numel(), generator=generator, dtype=torch.float64)
         noisy = start + delta + noise * (self.noise_multiplier * self.clip_norm)
         return replace(update, params=unflatten_by_name(noisy, update.params))
@@ -95,7 +95,7 @@ class LocalDP(Wrapper):
 
     def check_sum_path(self) -> None:
         raise ConfigError(
-            "local DP under secure aggregation is distributed DP, which is not built yet: "
-            'use privacy.dp = "central" (clients clip, the server noises the sum) or drop '
+            "local DP under secure aggregation is distributed DP: use "
+            'privacy.dp = "distributed" (clients noise their share before masking) or drop '
             "secure aggregation"
         )

@@ -47,7 +47,7 @@ def attack_update(
     if attack.kind == "label_flip":
         return update
     if attack.kind == "gaussian":
-        state = np.random.SeedSequence([seed, task.round, update.client_id, 0xA77])
+        state = np.random.SeedSequence([seed, task.round, update.client, 0xA77])
         gen = torch.Generator().manual_seed(int(state.generate_state(1)[0]))
         params = {
             k: w + attack.std * torch.randn(w.shape, generator=gen, dtype=w.dtype)

@@ -91,6 +91,8 @@ def model_spec(config: ExperimentConfig | ModelConfig, data: FederatedData) -> M
     checked against the data: a spec file must take the examples' shape and output one
     logit per class."""
     model = config.model if isinstance(config, ExperimentConfig) else config
+    if model.preset == "centernet":
+        raise ConfigError(f"the centernet preset is a detector; {data.name} holds class labels")
     if model.spec is None:
         return preset_spec(
             model.preset or "logreg", data.input_shape, data.num_classes, hidden=model.hidden

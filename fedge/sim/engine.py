@@ -110,7 +110,7 @@ class SequentialEngine:
                 y,
                 self.local,
                 client_generator(self.seed, task.round, k),
-                client_id=k,
+                client_index=k,
                 max_steps=max_steps.get(k) if max_steps else None,
             )
 

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from fedge.config import ExperimentConfig
+from fedge.config import ExperimentConfig, StoreData
 from fedge.data.dataset import FederatedData
 from fedge.data.load import load_data, partition_data
 from fedge.errors import ConfigError
@@ -42,7 +42,9 @@ from fedge.sim.build import check_cohort, make_strategy, model_spec
 from fedge.sim.engine import ClientData, Engine, SequentialEngine
 from fedge.sim.outputs import RunDirectory, peak_memory_mb
 from fedge.sim.ray_engine import RayEngine
+from fedge.sim.threads import default_threads
 from fedge.sim.vectorized import VectorizedEngine
+from fedge.traffic import UpdateMeter, fingerprint_test_set, traffic_summary
 
 __all__ = [
     "Federation",
@@ -90,9 +92,12 @@ class Federation:
 
 
 def prepare(config: ExperimentConfig) -> Federation:
-    """Load data, partition it and build the model spec; raise on any inconsistency."""
-    if config.threads is not None:
-        torch.set_num_threads(config.threads)
+    """Load data, partition it and build the model spec; raise on any inconsistency.
+
+    Sets torch's thread count to ``threads``, or when unset to PyTorch's default for a
+    fresh process (:func:`~fedge.sim.threads.default_threads`), not to whatever an earlier
+    ``torch.set_num_threads`` in this process left."""
+    torch.set_num_threads(config.threads or default_threads())
     data = load_data(config.data, seed=config.seed)
     partition = partition_data(data, config.partition, seed=config.seed)
     if any(len(p) == 0 for p in partition):
@@ -127,6 +132,11 @@ def prepare(config: ExperimentConfig) -> Federation:
             num_clients=len(partition),
             clients_per_round=cohort,
             rounds=config.rounds,
+            dimension=(  # distributed DP's scale depends on the values per update
+                count_parameters(build_model(model_spec(config, data)))
+                if config.privacy.dp == "distributed"
+                else None
+            ),
         )
         strategy = privacy.wrap(strategy, seed=config.seed)
     if config.privacy is not None and config.privacy.secure_aggregation is not None:
@@ -161,6 +171,7 @@ class RunResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     num_parameters: int = 0
     seconds: float = 0.0
+    participants: int = 0
 
 
 def _collect(
@@ -174,8 +185,8 @@ def _collect(
     and aggregates them: keep each client's own state, let attackers tamper, report."""
     for update in updates:
         if update.client_state is not None:
-            states[update.client_id] = update.client_state
-        if update.client_id in fed.malicious and fed.config.attack is not None:
+            states[update.client] = update.client_state
+        if update.client in fed.malicious and fed.config.attack is not None:
             update = attack_update(update, task, fed.config.attack, seed=fed.config.seed)
         if observer is not None:
             observer.client_finished(update)
@@ -270,6 +281,7 @@ def _run_rounds(
     test = fed.data.test
     result = RunResult(state=rounds.state, num_parameters=count_parameters(model))
     client_states: dict[int, Mapping[str, Params]] = {}
+    meter = UpdateMeter()
     start = time.perf_counter()
     for r in range(1, fed.rounds + 1):
         t0 = time.perf_counter()
@@ -285,6 +297,7 @@ def _run_rounds(
         for k in clients:
             current.assign(str(k), t0)
         task = rounds.task()
+        meter.downloads(task, clients)
         trained = engine.train_round(
             fed.strategy, task, clients, states=client_states, max_steps=budgets
         )
@@ -292,7 +305,8 @@ def _run_rounds(
         before = rounds.state
         aborted = None
         try:
-            state = rounds.close(_collect(fed, trained, task, client_states, observer), tally)
+            collected = _collect(fed, trained, task, client_states, observer)
+            state = rounds.close(meter.uploads(collected), tally)
         except SecAggAborted as exc:  # nothing of the round is released; the model stays
             rounds.abandon()
             state, aborted = before, str(exc)
@@ -310,6 +324,7 @@ def _run_rounds(
             "samples": tally.samples,
             "clients_per_second": tally.clients / train_seconds,
             "samples_per_second": tally.examples / train_seconds,
+            **meter.line(tally.examples),
         }
         if isinstance(fed.strategy, SecureAggregation):
             metrics["secure_aggregation"] = (
@@ -319,7 +334,10 @@ def _run_rounds(
             metrics["epsilon"] = fed.privacy.epsilon(r)
             if fed.privacy.adaptive is not None:
                 metrics["clip_norm"] = float(before.extras["dp"]["clip_norm"])  # this round's
-        if r % cfg.eval.every == 0 or r == fed.rounds:
+        last = r == fed.rounds or (
+            cfg.max_seconds is not None and time.perf_counter() - start >= cfg.max_seconds
+        )
+        if r % cfg.eval.every == 0 or last:
             loss, acc = evaluate(
                 model, test.x, test.y, params=state.params, batch_size=cfg.eval.batch_size
             )
@@ -332,8 +350,11 @@ def _run_rounds(
             on_round(metrics)
         if observer is not None:
             observer.round_finished(metrics)
+        if last:
+            break
     result.state = state
     result.seconds = time.perf_counter() - start
+    result.participants = len(meter.seen)
     return result
 
 
@@ -364,17 +385,24 @@ def run_to_folder(
         "num_parameters": result.num_parameters,
         "num_clients": fed.clients.num_clients,
         "clients_per_round": fed.cohort,
-        "rounds": fed.rounds,
+        "rounds": len(result.history),
         "seed": cfg.seed,
+        "data_version": fed.data.name if isinstance(cfg.data, StoreData) else None,
+        "num_train": len(fed.data.train),
+        "num_test": len(fed.data.test),
+        "test_set_sha256": fingerprint_test_set(fed.data.test.x, fed.data.test.y),
         "final_test_accuracy": last["test_accuracy"],
         "final_test_loss": last["test_loss"],
         "best_test_accuracy": best["test_accuracy"],
         "best_round": best["round"],
         "seconds": result.seconds,
-        "seconds_per_round": result.seconds / fed.rounds,
+        "seconds_per_round": result.seconds / len(result.history),
         "peak_memory_mb": peak_memory_mb(),
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        **traffic_summary(
+            result.history, num_train=len(fed.data.train), participants=result.participants
+        ),
     }
     if fed.privacy is not None:
-        summary["privacy"] = fed.privacy.summary(fed.rounds)
+        summary["privacy"] = fed.privacy.summary(len(result.history))
     return summary, folder.finish(summary, result.history, result.state.params, fed.spec)

@@ -24,7 +24,7 @@ from fedge.config import ExperimentConfig
 from fedge.errors import ConfigError
 from fedge.models.spec import ModelSpec
 
-__all__ = ["RunDirectory", "peak_memory_mb", "plot_history", "publish_result"]
+__all__ = ["ResultFolder", "RunDirectory", "peak_memory_mb", "plot_history", "publish_result"]
 
 
 def _drop_none(value: Any) -> Any:
@@ -90,14 +90,53 @@ def publish_result(
     return out
 
 
-class RunDirectory:
+class ResultFolder:
+    """A result written into ``<out>.partial`` and published as ``<out>`` when complete.
+
+    The simulation (:class:`RunDirectory`) and centralized training
+    (:class:`fedge.central.job_folder.JobFolder`) finish their folders the same way; they
+    differ only in the plot (:meth:`plot`) and in the files that serve the running job
+    alone (:meth:`clean_up`).
+
+    Parameters
+    ----------
+    out:
+        The folder of the finished result.
+    """
+
+    def __init__(self, out: Path):
+        self.out = Path(out)
+        self.partial = self.out.with_name(self.out.name + ".partial")
+
+    def plot(self, history: Sequence[Mapping[str, Any]], path: Path, *, title: str) -> Path:
+        """Draw ``history`` into the PNG ``path``."""
+        raise NotImplementedError
+
+    def clean_up(self) -> None:
+        """Close or remove what only the running job needs (after the plot, so that a
+        failed plot leaves the job as it was)."""
+
+    def finish(
+        self,
+        summary: Mapping[str, Any],
+        history: Sequence[Mapping[str, Any]],
+        params: Mapping[str, torch.Tensor],
+        spec: ModelSpec,
+    ) -> Path:
+        """Write the plot, summary and model, clean up the running job's files and move the
+        folder into place; returns ``out``."""
+        self.plot(history, self.partial / "curves.png", title=str(summary.get("name", "")))
+        self.clean_up()
+        return publish_result(self.partial, self.out, summary, params, spec)
+
+
+class RunDirectory(ResultFolder):
     """Writes a run's files into ``<out>.partial`` and publishes them as ``<out>``."""
 
     def __init__(self, out: Path, *, overwrite: bool = False):
-        self.out = Path(out)
+        super().__init__(out)
         if self.out.exists() and any(self.out.iterdir()) and not overwrite:
             raise ConfigError(f"output folder {self.out} already holds files: use --force")
-        self.partial = self.out.with_name(self.out.name + ".partial")
         shutil.rmtree(self.partial, ignore_errors=True)
         self.partial.mkdir(parents=True)
         self._metrics = (self.partial / "metrics.jsonl").open("w")
@@ -110,17 +149,11 @@ class RunDirectory:
         self._metrics.write(json.dumps(metrics) + "\n")
         self._metrics.flush()
 
-    def finish(
-        self,
-        summary: Mapping[str, Any],
-        history: Sequence[Mapping[str, Any]],
-        params: Mapping[str, torch.Tensor],
-        spec: ModelSpec,
-    ) -> Path:
-        """Write summary, plot and model, then move the folder into place."""
+    def plot(self, history: Sequence[Mapping[str, Any]], path: Path, *, title: str) -> Path:
+        return plot_history(history, path, title=title)
+
+    def clean_up(self) -> None:
         self._metrics.close()
-        plot_history(history, self.partial / "curves.png", title=str(summary.get("name", "")))
-        return publish_result(self.partial, self.out, summary, params, spec)
 
     def abandon(self) -> Path:
         """Close files after a failure; the ``.partial`` folder stays for inspection."""

@@ -156,7 +156,7 @@ class _ClientWorker:
             y,
             self._local,
             client_generator(self._seed, task.round, k),
-            client_id=k,
+            client_index=k,
             max_steps=max_steps,
         )
 

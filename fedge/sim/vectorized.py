@@ -133,7 +133,7 @@ class VectorizedEngine:
                     lambda part: list(self._train_chunk(strategy, task, part, plans, states)),
                     parts,
                 )
-                updates = {u.client_id: u for part in done for u in part}
+                updates = {u.client: u for part in done for u in part}
             finally:
                 torch.set_num_threads(threads)
             for k in chunk:
@@ -203,7 +203,7 @@ class VectorizedEngine:
             seen[a:] += n_valid.to(torch.int64)
         for i, k in enumerate(chunk):
             update = ClientUpdate(
-                client_id=k,
+                client=k,
                 params={n: w[i].clone() for n, w in zip(names, weights, strict=True)},
                 num_samples=len(self.data.indices[k]),
                 num_steps=int(steps[i]),

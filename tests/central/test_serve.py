@@ -259,7 +259,8 @@ def test_samples_go_to_the_dataset_the_model_was_trained_on(url, registry, auth)
     registry.register("wrong", files, data_version="other@1")
     registry.promote("wrong", 1)
     r = httpx.post(
-        f"{url}/v2/models/wrong/samples", json={"instances": x.tolist(), "labels": [1, 2]},
+        f"{url}/v2/models/wrong/samples",
+        json={"instances": x.tolist(), "labels": [1, 2]},
         headers=auth,
     )
     assert r.status_code == 409

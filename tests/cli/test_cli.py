@@ -192,6 +192,53 @@ def test_simulate_ends_with_the_final_and_the_best_rounds_accuracy(tmp_path, mon
     assert "test accuracy 50.00% after 3 rounds, best 75.00% in round 2" in said
 
 
+TRAIN_JOB = """\
+name = "t"
+[data]
+name = "digits"
+[model]
+preset = "logreg"
+[train]
+epochs = 3
+batch_size = 64
+lr = 0.05
+"""
+
+
+def test_train_ends_with_the_final_and_the_best_epochs_accuracy(tmp_path):
+    job, out = tmp_path / "job.toml", tmp_path / "run"
+    job.write_text(TRAIN_JOB)
+    result = runner.invoke(app, ["train", str(job), "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    best = max(metrics, key=lambda m: m["test_accuracy"])
+    said = " ".join(result.output.split())
+    assert f"test accuracy {100 * metrics[-1]['test_accuracy']:.2f}% after 3 epochs" in said
+    assert f"best {100 * best['test_accuracy']:.2f}% in epoch {best['epoch']}" in said
+
+
+def test_train_names_a_best_epoch_before_the_last(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    import fedge.central.jobs as jobs
+
+    summary = {
+        "final_test_accuracy": 0.5,
+        "best_test_accuracy": 0.75,
+        "best_epoch": 2,
+        "epochs": 3,
+        "seconds_per_epoch": 1.0,
+    }
+    result = SimpleNamespace(summary=summary, out=tmp_path / "run")
+    monkeypatch.setattr(jobs, "run_job", lambda *args, **kw: result)
+    job = tmp_path / "job.toml"
+    job.write_text(TRAIN_JOB)
+    invoked = runner.invoke(app, ["train", str(job), "--out", str(tmp_path / "run"), "--quiet"])
+    assert invoked.exit_code == 0, invoked.output
+    said = " ".join(invoked.output.split())
+    assert "test accuracy 50.00% after 3 epochs, best 75.00% in epoch 2 (1.00 s" in said
+
+
 def test_version_is_the_installed_packages():
     result = runner.invoke(app, ["--version"])
     assert result.exit_code == 0, result.output
@@ -210,7 +257,8 @@ def _listed(output):
 
 
 def test_commands_are_listed_in_workflow_order():
-    workflow = ["simulate", "data", "train", "models", "serve", "edge", "server", "client"]
+    workflow = ["simulate", "data", "train", "compare", "models", "serve", "tokens", "edge",
+                "server", "client"]  # fmt: skip
     assert _listed(_help()) == [*workflow, "privacy"]
     assert _listed(_help("data")) == ["describe", "download", "upload", "versions"]
 

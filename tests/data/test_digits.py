@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -62,6 +66,42 @@ def test_bad_test_fraction_is_a_config_error(fraction: float) -> None:
 
 
 def test_missing_scikit_learn_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "sklearn" else find_spec(name, *a),
+    )
     with pytest.raises(DataError, match="pip install scikit-learn"):
         load_digits()
+
+
+@pytest.mark.parametrize("fraction", [0.1, 0.2, 1 / 3, 0.5, 0.9])
+def test_the_split_is_scikit_learns_stratified_split(fraction: float) -> None:
+    """fedge draws the split itself (importing scikit-learn costs a second per process)
+    and gets train_test_split's, row for row."""
+    from sklearn.datasets import load_digits as sklearn_digits
+    from sklearn.model_selection import train_test_split
+
+    bunch = sklearn_digits()
+    x = (bunch.images / 16).astype(np.float32)[:, None]
+    for seed in (0, 1, 7):
+        x_train, x_test, y_train, y_test = train_test_split(
+            x, bunch.target, test_size=fraction, random_state=seed, stratify=bunch.target
+        )
+        data = load_digits(test_fraction=fraction, seed=seed)
+        np.testing.assert_array_equal(data.train.x.numpy(), x_train)
+        np.testing.assert_array_equal(data.test.x.numpy(), x_test)
+        np.testing.assert_array_equal(data.train.y.numpy(), y_train)
+        np.testing.assert_array_equal(data.test.y.numpy(), y_test)
+
+
+def test_loading_digits_does_not_import_scikit_learn() -> None:
+    code = (
+        "import sys; from fedge.data.digits import load_digits; load_digits(); "
+        "assert 'sklearn' not in sys.modules, 'scikit-learn was imported'"
+    )
+    root = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr

@@ -499,7 +499,7 @@ def _header(data: bytes) -> tuple[dict, bytes]:
 def test_safetensors_round_trip_between_python_and_the_browser(page, browser):
     gen = torch.Generator().manual_seed(0)
     update = ClientUpdate(
-        client_id="d",
+        client="d",
         params={
             "fc.weight": torch.randn(3, 4, generator=gen),
             "fc.bias": torch.randn(3, generator=gen),

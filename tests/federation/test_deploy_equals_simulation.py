@@ -114,7 +114,7 @@ def test_a_device_that_loses_its_scaffold_state_restarts_from_zero(federation, t
                 y,
                 fed.local,
                 client_generator(config.seed, r, k),
-                client_id=k,
+                client_index=k,
             )
             own[k] = update.client_state
             updates.append(update)

@@ -22,7 +22,7 @@ def test_model_round_trip_keeps_params_and_task_extras():
 
 def test_update_round_trip():
     update = ClientUpdate(
-        client_id=3,
+        client=3,
         params={"w": torch.arange(4.0)},
         num_samples=17,
         num_steps=5,
@@ -32,7 +32,7 @@ def test_update_round_trip():
     decoded = decode_update(encode_update(update, round=9, model_version=6), device="dev1")
     assert (decoded.round, decoded.model_version) == (9, 6)
     u = decoded.update
-    assert (u.client_id, u.num_samples, u.num_steps) == ("dev1", 17, 5)
+    assert (u.client, u.num_samples, u.num_steps) == ("dev1", 17, 5)
     assert u.metrics == {"train_loss": 0.25, "examples": 85}
     assert torch.equal(u.params["w"], torch.arange(4.0))
     assert torch.equal(u.extras["delta_c"]["w"], torch.ones(4))

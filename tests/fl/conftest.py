@@ -95,13 +95,13 @@ def linear_clients():
 
 
 def run_client(
-    strategy, task: ClientTask, x, y, local: LocalTraining, *, seed, client_id, max_steps=None
+    strategy, task: ClientTask, x, y, local: LocalTraining, *, seed, client_index, max_steps=None
 ) -> ClientUpdate:
     """fedge's local training of one client on a ``torch.nn.Linear`` model."""
     model = torch.nn.Linear(x.shape[1], CLASSES)
     gen = torch.Generator().manual_seed(seed)
     return train_client(
-        model, strategy, task, x, y, local, gen, client_id=client_id, max_steps=max_steps
+        model, strategy, task, x, y, local, gen, client_index=client_index, max_steps=max_steps
     )
 
 
@@ -116,7 +116,7 @@ def run_cohort(strategy, task: ClientTask, data, local: LocalTraining, cohort, r
             *data[k],
             local,
             seed=100 * round + k,
-            client_id=k,
+            client_index=k,
             max_steps=budgets.get((round, k)),
         )
         for k in cohort

@@ -9,7 +9,7 @@ from fedge.fl.types import ClientUpdate, ServerState, clone_params
 
 def _update(k, n, w, b):
     return ClientUpdate(
-        client_id=k,
+        client=k,
         params={"w": torch.tensor(w), "b": torch.tensor([b])},
         num_samples=n,
         num_steps=1,
@@ -22,20 +22,21 @@ def test_aggregate_is_the_sample_weighted_mean():
         _update(1, 30, [[5.0, 6.0], [7.0, 8.0]], -1.0),
         _update(2, 60, [[0.0, 0.0], [1.0, -1.0]], 0.5),
     ]
-    state = ServerState(params={"w": torch.zeros(2, 2), "b": torch.zeros(1)}, round=4)
+    state = ServerState(params={"w": torch.zeros(2, 2), "b": torch.zeros(1)}, rounds_completed=4)
     new = FedAvg().aggregate(state, iter(updates))
     # Σ n_k w_k / Σ n_k by hand: (10*w0 + 30*w1 + 60*w2) / 100
     expected_w = torch.tensor([[1.6, 2.0], [3.0, 2.2]])
     expected_b = torch.tensor([(10 * 1.0 + 30 * -1.0 + 60 * 0.5) / 100])
     torch.testing.assert_close(new.params["w"], expected_w, rtol=0, atol=1e-6)
     torch.testing.assert_close(new.params["b"], expected_b, rtol=0, atol=1e-7)
-    assert new.round == 5
+    assert new.rounds_completed == 5
     assert new.params["w"].dtype == torch.float32
 
 
 def _global():
     return ServerState(
-        params={"w": torch.tensor([[1.0, -1.0], [0.5, 2.0]]), "b": torch.tensor([3.0])}, round=2
+        params={"w": torch.tensor([[1.0, -1.0], [0.5, 2.0]]), "b": torch.tensor([3.0])},
+        rounds_completed=2,
     )
 
 
@@ -84,4 +85,4 @@ def test_init_copies_the_initial_parameters():
     state = FedAvg().init(w)
     w["w"].add_(1)
     assert torch.equal(state.params["w"], torch.ones(2))
-    assert state.round == 0
+    assert state.rounds_completed == 0

@@ -32,7 +32,7 @@ def test_fedavg_three_rounds_with_partial_participation_match_the_reference(
     for r, cohort in enumerate(COHORTS, start=1):
         task = strategy.client_task(state)
         updates = [
-            fedge_client(strategy, task, *data[k], LOCAL, seed=100 * r + k, client_id=k)
+            fedge_client(strategy, task, *data[k], LOCAL, seed=100 * r + k, client_index=k)
             for k in cohort
         ]
         state = strategy.aggregate(state, iter(updates))
@@ -61,5 +61,5 @@ def test_fedavg_three_rounds_with_partial_participation_match_the_reference(
         for u, (w, _) in zip(updates, trained, strict=True):
             _close(u.params, w)
         _close(state.params, x)
-        assert state.round == r
+        assert state.rounds_completed == r
     assert steps == [[4, 4], [6, 4, 4], [4, 4]]

@@ -46,7 +46,7 @@ def test_three_rounds_with_partial_participation_match_the_reference(
         updates = []
         for k in cohort:
             mine = replace(task, client_state=own.get(k))
-            u = fedge_client(strategy, mine, *data[k], LOCAL, seed=100 * r + k, client_id=k)
+            u = fedge_client(strategy, mine, *data[k], LOCAL, seed=100 * r + k, client_index=k)
             own[k] = u.client_state
             updates.append(u)
         state = strategy.aggregate(state, iter(updates))

@@ -10,7 +10,7 @@ REF = {"w": torch.zeros(2, 3), "b": torch.zeros(3)}
 
 def _update(**params):
     full = {"w": torch.ones(2, 3), "b": torch.ones(3)} | params
-    return ClientUpdate(client_id=4, params=full, num_samples=5, num_steps=1)
+    return ClientUpdate(client=4, params=full, num_samples=5, num_steps=1)
 
 
 def test_a_well_formed_update_passes():
@@ -27,11 +27,11 @@ def test_a_well_formed_update_passes():
         (_update(b=torch.ones(3, dtype=torch.float64)), "dtype"),
         (_update(extra=torch.ones(1)), r"unexpected \['extra'\]"),
         (
-            ClientUpdate(client_id=4, params={"w": torch.ones(2, 3)}, num_samples=5, num_steps=1),
+            ClientUpdate(client=4, params={"w": torch.ones(2, 3)}, num_samples=5, num_steps=1),
             r"missing \['b'\]",
         ),
         (
-            ClientUpdate(client_id=4, params=_update().params, num_samples=0, num_steps=1),
+            ClientUpdate(client=4, params=_update().params, num_samples=0, num_steps=1),
             "num_samples",
         ),
     ],

@@ -14,7 +14,7 @@ from fedge.fl.types import ClientUpdate
 
 def update(device, w, n, **extras):
     return ClientUpdate(
-        client_id=device,
+        client=device,
         params={"w": torch.tensor(w)},
         num_samples=n,
         num_steps=1,
@@ -111,7 +111,7 @@ def test_close_is_fedavg_by_hand_and_skips_invalid_updates():
     )
     # (10·[3, 1] + 30·[0, 5]) / 40 = [0.75, 4.0]
     assert state.params["w"].tolist() == [0.75, 4.0]
-    assert state.round == 1 and coordinator.state is state
+    assert state.rounds_completed == 1 and coordinator.state is state
     assert (tally.clients, tally.rejected, tally.samples, tally.devices) == (2, 1, 40, ["a", "c"])
     assert coordinator.round.status is RoundStatus.CLOSED
 
@@ -170,7 +170,7 @@ def test_check_validates_extras_and_counts():
         with pytest.raises(UpdateRejected, match=message):
             coordinator.check(candidate)
     nan_metric = ClientUpdate(
-        client_id="a",
+        client="a",
         params={"w": torch.zeros(2)},
         num_samples=1,
         num_steps=1,

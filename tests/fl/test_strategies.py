@@ -40,7 +40,7 @@ def _round(strategy, state, clients, local, states=None, max_steps=None):
                 y,
                 local,
                 client_generator(0, task.round, k),
-                client_id=k,
+                client_index=k,
                 max_steps=budget,
             )
         )

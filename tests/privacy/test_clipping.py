@@ -22,7 +22,7 @@ def _updates(norms, rng):
     for k, n in enumerate(norms):
         direction = rng.normal(size=2)
         delta = torch.tensor(n * direction / np.linalg.norm(direction), dtype=torch.float32)
-        out.append(ClientUpdate(client_id=k, params={"w": delta}, num_samples=1, num_steps=1))
+        out.append(ClientUpdate(client=k, params={"w": delta}, num_samples=1, num_steps=1))
     return out
 
 

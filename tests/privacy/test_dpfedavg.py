@@ -24,7 +24,7 @@ def _updates(deltas=DELTAS, samples=SAMPLES):
     out = []
     for k, (d, n) in enumerate(zip(deltas, samples, strict=True)):
         params = {"a": W["a"] + torch.tensor(d[:2]), "b": W["b"] + torch.tensor([[d[2]]])}
-        out.append(ClientUpdate(client_id=k, params=params, num_samples=n, num_steps=1))
+        out.append(ClientUpdate(client=k, params=params, num_samples=n, num_steps=1))
     return out
 
 
@@ -51,7 +51,7 @@ def test_noiseless_aggregate_clips_weighs_equally_and_divides_by_m():
     assert _flat(dp.combine(dp.init(W), _updates())) == pytest.approx(
         _reference(DELTAS, 1.0, 4).tolist(), abs=1e-6
     )
-    assert state.round == 1
+    assert state.rounds_completed == 1
 
 
 def test_server_optimizer_applies_the_noisy_average():
@@ -95,7 +95,7 @@ def test_noise_depends_only_on_seed_and_round():
     for name in W:
         assert torch.equal(first[name], again[name])
         torch.testing.assert_close(first[name], reordered[name], rtol=0, atol=1e-6)
-    later = dp.aggregate(ServerState(params=W, round=1), _updates()).params
+    later = dp.aggregate(ServerState(params=W, rounds_completed=1), _updates()).params
     other = DPFedAvg(FedAvg(), noise_multiplier=1.0, expected_clients=3, seed=8, clip_norm=1.0)
     reseeded = other.aggregate(state, _updates()).params
     assert not torch.equal(first["a"], later["a"])

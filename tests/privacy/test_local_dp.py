@@ -23,7 +23,7 @@ W = {"b": torch.zeros(3), "a": torch.zeros(40_000)}  # names out of order on pur
 
 def _update(delta_scale, client=0, samples=10):
     params = {k: v + delta_scale for k, v in W.items()}
-    return ClientUpdate(client_id=client, params=params, num_samples=samples, num_steps=1)
+    return ClientUpdate(client=client, params=params, num_samples=samples, num_steps=1)
 
 
 def _noise(dp, update, round=1):

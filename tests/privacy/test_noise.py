@@ -31,7 +31,7 @@ def test_noise_on_the_average_has_std_sigma_over_m():
 def test_fixed_clipping_noise_is_z_times_the_clip_norm(clip, z):
     w = {"w": torch.zeros(N)}
     dp = DPFedAvg(FedAvg(), noise_multiplier=z, expected_clients=4, seed=1, clip_norm=clip)
-    update = ClientUpdate(client_id=0, params=dict(w), num_samples=1, num_steps=1)
+    update = ClientUpdate(client=0, params=dict(w), num_samples=1, num_steps=1)
     out = dp.aggregate(dp.init(w), [update]).params["w"]
     lo, stat, hi = _within_chi2(out, z * clip / 4)
     assert lo < stat < hi
@@ -49,7 +49,7 @@ def test_adaptive_clipping_gives_the_sum_the_adjusted_multiplier():
     )
     z_sum = (1 - 1 / 1.2**2) ** -0.5
     assert dp.sum_noise_multiplier == pytest.approx(z_sum)
-    update = ClientUpdate(client_id=0, params=dict(w), num_samples=1, num_steps=1)
+    update = ClientUpdate(client=0, params=dict(w), num_samples=1, num_steps=1)
     out = dp.aggregate(dp.init(w), [update]).params["w"]
     lo, stat, hi = _within_chi2(out, z_sum * 0.3 / 4)
     assert lo < stat < hi

@@ -33,7 +33,7 @@ def _updates(seed=0, samples=SAMPLES, steps=(3, 5, 2, 4, 1), extras=False):
                     name: 0.1 * torch.randn(w.shape, generator=gen) for name, w in W.items()
                 }
             }
-        out.append(ClientUpdate(client_id=k, params=params, num_samples=n, num_steps=s, extras=ex))
+        out.append(ClientUpdate(client=k, params=params, num_samples=n, num_steps=s, extras=ex))
     return out
 
 
@@ -86,9 +86,9 @@ def test_every_sum_based_strategy_matches_its_plain_aggregate(name, dropout):
     updates = _updates(extras=name == "scaffold")
     state = plain.init(W)
     for r in (1, 2):  # a second round exercises server optimizer state
-        dropped = _simulated_dropouts([str(u.client_id) for u in updates], dropout, 3, r)
+        dropped = _simulated_dropouts([str(u.client) for u in updates], dropout, 3, r)
         assert len(dropped) == int(dropout * len(updates))
-        survivors = [u for u in updates if str(u.client_id) not in dropped]
+        survivors = [u for u in updates if str(u.client) not in dropped]
         expected = plain.aggregate(state, survivors)
         got = secure.aggregate(state, updates)
         for key in W:
@@ -181,7 +181,7 @@ def test_too_many_dropouts_abort_the_round_and_leave_the_model_unchanged(digits)
         assert "at least 3 are needed" in m["secure_aggregation"]["aborted"]
     for name, value in result.state.params.items():
         assert torch.equal(value, initial[name])
-    assert result.state.round == 0
+    assert result.state.rounds_completed == 0
 
 
 @pytest.mark.parametrize(

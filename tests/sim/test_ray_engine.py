@@ -76,7 +76,7 @@ def test_data_is_put_once_and_loaded_once_per_worker(ray_runtime, digits, monkey
         for r in range(1, 4):
             task = ClientTask(round=r, params=state.params)
             updates = list(engine.train_round(fed.strategy, task, [0, 1, 2, 3, 4, 5]))
-            assert sorted(u.client_id for u in updates) == [0, 1, 2, 3, 4, 5]
+            assert sorted(u.client for u in updates) == [0, 1, 2, 3, 4, 5]
         stats = engine.worker_stats()
     # the dataset once (x, y, rows, sizes), the strategy once, then one task per round
     assert [type(v).__name__ for v in shipped] == ["tuple", type(fed.strategy).__name__] + [

@@ -94,7 +94,7 @@ def test_worker_threads_change_no_update_and_keep_the_order(digits, cnn_spec):
             engine.close()
     one = runs[1]
     for workers in (2, 3):
-        assert [u.client_id for u in runs[workers]] == [u.client_id for u in one]
+        assert [u.client for u in runs[workers]] == [u.client for u in one]
         for a, b in zip(one, runs[workers], strict=True):
             assert a.num_steps == b.num_steps and a.metrics == pytest.approx(b.metrics)
             for name in a.params:

@@ -88,11 +88,13 @@ class Strategy:
     def init(self, params: Params) -> ServerState:
         """The server state before round 1, starting from ``params``."""
         params = clone_params(params)
-        return ServerState(params=params, round=0, extras=self.server_optimizer.init(params))
+        return ServerState(
+            params=params, rounds_completed=0, extras=self.server_optimizer.init(params)
+        )
 
     def client_task(self, state: ServerState) -> ClientTask:
         """What every client sampled in the next round starts from."""
-        return ClientTask(round=state.round + 1, params=state.params)
+        return ClientTask(round=state.rounds_completed + 1, params=state.params)
 
     def client_deltas(
         self, state: ServerState, updates: Iterable[ClientUpdate]
@@ -119,7 +121,9 @@ class Strategy:
         opt_state = {k: v for k, v in state.extras.items() if k.startswith("opt.")}
         params, opt_state = self.server_optimizer.step(state.params, delta, opt_state)
         kept = {k: v for k, v in state.extras.items() if not k.startswith("opt.")}
-        return ServerState(params=params, round=state.round + 1, extras={**kept, **opt_state})
+        return ServerState(
+            params=params, rounds_completed=state.rounds_completed + 1, extras={**kept, **opt_state}
+        )
 
     def reported_extras(self, state: ServerState) -> dict[str, Params]:
         """What a client reports beyond its weights, as reference tensors by group (names,

@@ -76,7 +76,7 @@ class Scaffold(Strategy):
 
     def client_task(self, state: ServerState) -> ClientTask:
         return ClientTask(
-            round=state.round + 1, params=state.params, extras={"c": state.extras["c"]}
+            round=state.rounds_completed + 1, params=state.params, extras={"c": state.extras["c"]}
         )
 
     def reported_extras(self, state: ServerState) -> dict[str, Params]:

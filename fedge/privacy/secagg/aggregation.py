@@ -7,7 +7,9 @@ One round, on a deployment server or in simulation:
    from the strategy's :meth:`~fedge.fl.strategy.Strategy.sum_bounds`, the codec and the
    clipping norm, all sent to the clients with the task.
 2. :func:`contribution` (client): the strategy's summands for its update, weighted,
-   clipped to the layout's intervals (counted), stochastically quantized.
+   clipped to the layout's intervals (counted), stochastically quantized; with
+   distributed DP, scaled, rounded and noised by the client
+   (:mod:`~fedge.privacy.secagg.noisy`).
 3. The SecAgg+ protocol sums the survivors' integers (:mod:`~fedge.privacy.secagg.protocol`).
 4. :func:`apply_secure_sum` (server): decode the sum and hand it to the strategy's
    :meth:`~fedge.fl.strategy.Strategy.apply_sums`.
@@ -20,7 +22,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -31,6 +33,7 @@ from fedge.fl.types import ClientTask, ClientUpdate, ServerState
 from fedge.privacy.dpfedavg import clipped_parts
 from fedge.privacy.secagg.crypto import digest
 from fedge.privacy.secagg.encoding import Encoded, Segment, VectorCodec
+from fedge.privacy.secagg.noisy import SkellamCodec
 from fedge.privacy.secagg.params import GraphParameters, find_parameters
 from fedge.privacy.secagg.protocol import RoundSetup
 from fedge.privacy.secagg.simulate import run_in_process
@@ -99,13 +102,13 @@ class RoundPlan:
 
     setup: RoundSetup
     graph: GraphParameters
-    codec: VectorCodec
+    codec: VectorCodec | SkellamCodec
     weighting: Literal["samples", "uniform"]
     max_weight: int | None
     clip_norm: float | None
 
     def to_json(self) -> dict:
-        return {
+        data = {
             "context": self.setup.context.hex(),
             "threshold": self.graph.threshold,
             "degree": self.graph.degree,
@@ -116,15 +119,27 @@ class RoundPlan:
             "max_weight": self.max_weight,
             "clip_norm": self.clip_norm,
         }
+        if isinstance(self.codec, SkellamCodec):
+            data["distributed_dp"] = self.codec.to_json()
+        return data
 
     @staticmethod
     def from_json(data: dict) -> RoundPlan:
         segments = tuple(
             Segment(str(n), int(ln), float(lo), float(hi)) for n, ln, lo, hi in data["segments"]
         )
-        codec = VectorCodec(segments, int(data["modulus_bits"]), int(data["max_clients"]))
+        bits, max_clients = int(data["modulus_bits"]), int(data["max_clients"])
+        codec: VectorCodec | SkellamCodec
+        if data.get("distributed_dp") is not None:
+            codec = SkellamCodec.from_json(data["distributed_dp"], segments, bits, max_clients)
+        else:
+            codec = VectorCodec(segments, bits, max_clients)
         setup = RoundSetup(
-            bytes.fromhex(data["context"]), int(data["threshold"]), codec.bits, codec.length
+            bytes.fromhex(data["context"]),
+            int(data["threshold"]),
+            codec.bits,
+            codec.length,
+            min_survivors=_min_survivors(codec),
         )
         graph = GraphParameters(
             int(data["max_clients"]), int(data["degree"]), int(data["threshold"])
@@ -153,7 +168,13 @@ def plan_round(
     graph = settings.graph(cohort)
     bounds = strategy.sum_bounds(state, settings.clip_range)
     segments = tuple(Segment(name, length, lo, hi) for name, (length, lo, hi) in bounds.items())
-    codec = VectorCodec(segments, settings.modulus_bits, cohort)
+    # distributed DP: the strategy's own codec, whose clients add the noise
+    codec_fn = getattr(strategy, "secure_codec", None)
+    codec: VectorCodec | SkellamCodec = (
+        codec_fn(segments, settings.modulus_bits, cohort)
+        if codec_fn is not None
+        else VectorCodec(segments, settings.modulus_bits, cohort)
+    )
     clip_fn = getattr(strategy, "current_clip_norm", None)
     clip = float(clip_fn(state)) if clip_fn is not None else None
     if settings.weighting == "samples" and settings.max_weight is None and clip is None:
@@ -162,7 +183,13 @@ def plan_round(
             "count a client's weight reflects (weights are min(n_k, max_weight)/max_weight)"
         )
     return RoundPlan(
-        setup=RoundSetup(context, graph.threshold, settings.modulus_bits, codec.length),
+        setup=RoundSetup(
+            context,
+            graph.threshold,
+            settings.modulus_bits,
+            codec.length,
+            min_survivors=_min_survivors(codec),
+        ),
         graph=graph,
         codec=codec,
         weighting=settings.weighting,
@@ -189,7 +216,9 @@ def contribution(
 
     In a round with differential privacy (the plan carries the clipping norm C) the
     client clips its delta to C and weighs it 1, whatever its own strategy object is: a
-    device builds its strategy from the task's ``[strategy]``, which knows nothing of DP."""
+    device builds its strategy from the task's ``[strategy]``, which knows nothing of DP.
+    With distributed DP (a :class:`SkellamCodec`) the codec also adds the client's noise,
+    drawn from ``generator``: on a device, a generator nobody else can seed."""
     weight, capped = client_weight(plan, update.num_samples)
     if plan.clip_norm is not None:  # a DP round: the plan, not the client's strategy, says so
         names = {segment.name for segment in plan.codec.segments}
@@ -229,14 +258,14 @@ class SecureAggregation(Wrapper):
         self.seed = seed
         #: A report of the last aggregated round (for metrics; not state): k, t, clients
         #: summed, dropped, clipped values.
-        self.last_round: dict[str, int] | None = None
+        self.last_round: dict[str, Any] | None = None
 
     def __repr__(self) -> str:
         return f"SecureAggregation({self.inner!r}, {self.settings!r})"
 
     def aggregate(self, state: ServerState, updates: Iterable[ClientUpdate]) -> ServerState:
         received = list(updates)
-        round = state.round + 1
+        round = state.rounds_completed + 1
         plan = plan_round(
             self.inner,
             state,
@@ -247,8 +276,8 @@ class SecureAggregation(Wrapper):
         task = self.inner.client_task(state)
         inputs, clipped = {}, 0
         for update in received:
-            who = str(update.client_id)
-            generator = np.random.default_rng([self.seed, round, 0x5EC, _key(update.client_id)])
+            who = str(update.client)
+            generator = np.random.default_rng([self.seed, round, 0x5EC, _key(update.client)])
             encoded = contribution(self.inner, plan, task, update, generator)
             inputs[who] = encoded.values
             clipped += encoded.clipped
@@ -275,13 +304,20 @@ class SecureAggregation(Wrapper):
             "dropped": len(view.dropped),
             "clipped_values": clipped,
         }
+        if isinstance(plan.codec, SkellamCodec):  # the clients' noise in the unmasked sum
+            self.last_round.update(plan.codec.noise_report(len(view.survivors)))
         return new
 
 
-def _key(client_id: int | str) -> int:
-    if isinstance(client_id, int):
-        return client_id
-    return int.from_bytes(digest(client_id)[:8], "little")
+def _min_survivors(codec: VectorCodec | SkellamCodec) -> int:
+    """The fewest survivors a round may unmask: those the noise is planned for."""
+    return codec.min_survivors if isinstance(codec, SkellamCodec) else 0
+
+
+def _key(client: int | str) -> int:
+    if isinstance(client, int):
+        return client
+    return int.from_bytes(digest(client)[:8], "little")
 
 
 def _simulated_dropouts(members: list[str], fraction: float, seed: int, round: int) -> set[str]:
