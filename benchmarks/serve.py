@@ -139,7 +139,14 @@ async def load(url: str, body: bytes, concurrency: int, seconds: float, warmup: 
         nonlocal failures
         connection = _Connection(host, port)
         while (now := time.perf_counter()) < stop:
-            status = await connection.request(raw)
+            try:
+                status = await connection.request(raw)
+            except (OSError, asyncio.IncompleteReadError):
+                # A refused or reset connection (a server's backlog full): a failed request.
+                status = 0
+                if connection.writer is not None:
+                    connection.writer.close()
+                connection.reader = connection.writer = None
             done = time.perf_counter()
             if now >= measure_from:
                 latencies.append(done - now)
