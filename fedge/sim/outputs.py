@@ -12,6 +12,7 @@ import os
 import platform
 import resource
 import shutil
+from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -90,7 +91,7 @@ def publish_result(
     return out
 
 
-class ResultFolder:
+class ResultFolder(ABC):
     """A result written into ``<out>.partial`` and published as ``<out>`` when complete.
 
     The simulation (:class:`RunDirectory`) and centralized training
@@ -108,10 +109,11 @@ class ResultFolder:
         self.out = Path(out)
         self.partial = self.out.with_name(self.out.name + ".partial")
 
+    @abstractmethod
     def plot(self, history: Sequence[Mapping[str, Any]], path: Path, *, title: str) -> Path:
         """Draw ``history`` into the PNG ``path``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def clean_up(self) -> None:
         """Close or remove what only the running job needs (after the plot, so that a
         failed plot leaves the job as it was)."""
