@@ -357,11 +357,18 @@ def test_predict_answers_the_documented_detection_rows(url, store, trained, canv
         ("body", {"score_threshold": "high"}, "score_threshold must be a number"),
         ("query", {"score_threshold": "x"}, "score_threshold must be a number"),
         ("query", {"max_detections": "5000"}, r"\[1, 1000\]"),
+        # Non-finite numbers reach here through the standard library's JSON parser.
+        ("raw", '"max_detections": NaN', "max_detections must be a finite number"),
+        ("raw", '"max_detections": 1e999', "max_detections must be a finite number"),
+        ("raw", '"score_threshold": -Infinity', "score_threshold must be a finite number"),
     ],
 )
 def test_predict_refuses_bad_detection_options(url, canvases, where, options, message):
     body = {"instances": canvases[1].x[:1].numpy().tolist()}
-    if where == "body":
+    if where == "raw":
+        content = json.dumps(body)[:-1] + ", " + options + "}"
+        r = httpx.post(f"{url}/predict", content=content)
+    elif where == "body":
         r = httpx.post(f"{url}/predict", json=body | options)
     else:
         r = httpx.post(f"{url}/predict", json=body, params=options)

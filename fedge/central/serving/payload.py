@@ -218,6 +218,8 @@ def detection_options(
             value = _query_number(value, key)
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise RequestRejected(f"{key} must be a number, got {type(value).__name__}")
+        if not math.isfinite(value):
+            raise RequestRejected(f"{key} must be a finite number, got {value}")
         if key == "score_threshold":
             if not 0 <= value <= 1:
                 raise RequestRejected(f"score_threshold must lie in [0, 1], got {value}")
