@@ -18,9 +18,21 @@ from fedge.central.serving import ServeSettings, create_app
 from fedge.central.storage.base import blob_key
 from fedge.central.tokens import TokenStore
 from fedge.cli.main import app
-from fedge.models.spec import build_model, preset_spec
+from fedge.models.spec import build_model, load_spec, preset_spec
+from fedge.tasks.detection import Detection
 
 SPEC = preset_spec("mlp", (1, 8, 8), 10, hidden=(8,))
+# A detector (14 channels: 10 class heatmaps + size + offset) on 16×16 images.
+DETECTOR = {
+    "name": "tiny-detector",
+    "input_shape": [1, 16, 16],
+    "layers": [
+        {"type": "conv2d", "filters": 4, "kernel_size": 3, "stride": 2, "padding": 1},
+        {"type": "groupnorm", "groups": 2},
+        {"type": "relu"},
+        {"type": "conv2d", "filters": 14, "kernel_size": 1},
+    ],
+}
 X = np.zeros((1, 64)).tolist()
 runner = CliRunner()
 
@@ -79,6 +91,12 @@ def served(tmp_path_factory, serve_process):
     registry = ModelRegistry(LocalStore(root / "store"))
     publish(registry, "digits")
     publish(registry, "other", seed=1)
+    detector = load_spec(DETECTOR)
+    v = publish_model(
+        registry, "detector", detector, build_model(detector, seed=0).state_dict(),
+        task=Detection.from_spec(detector).to_dict(),
+    )  # fmt: skip
+    registry.promote("detector", v.version)
     log = root / "log"
     args = ["--header-timeout", 1, "--body-timeout", 1, "--max-body-bytes", 1 << 20]
     with serve_process(root / "store", *args, log=log) as url:
@@ -306,6 +324,9 @@ BODIES = {
     "deeply nested with NaN": NESTED.replace(b"{", b'{"x": NaN, ', 1),
     "NaN": b'{"model": "digits", "instances": [[NaN, Infinity, -Infinity]], "labels": [NaN]}',
     "wrong types": json.dumps({"model": [1], "version": {"a": 1}, "instances": "x"}).encode(),
+    "detector options": b'{"model": "detector", "instances": [[0]], "max_detections": NaN, '
+    b'"score_threshold": [1]}',
+    "detector NaN count": b'{"model": "detector", "instances": [[0]], "max_detections": NaN}',
 }
 
 
@@ -326,7 +347,8 @@ def test_hostile_requests_on_every_route_get_a_4xx_json_error(served):
     seen = []
     with httpx.Client(timeout=60) as client:
         for path, method in routes:
-            targets = [fill(path, "digits")] + [fill(path, bad) for bad in ABSURD if "{" in path]
+            targets = [fill(path, "digits"), fill(path, "detector")]
+            targets += [fill(path, bad) for bad in ABSURD if "{" in path]
             for target in targets:
                 for name, body in BODIES.items():
                     r = client.request(
