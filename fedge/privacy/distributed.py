@@ -32,7 +32,7 @@ import torch
 from fedge.errors import ConfigError, FedgeError
 from fedge.fl.strategy import Strategy, Wrapper
 from fedge.fl.types import ClientTask, ClientUpdate, Params, ServerState, unflatten_by_name
-from fedge.privacy.dpfedavg import DPFedAvg, _check_inner, clipped_parts
+from fedge.privacy.dpfedavg import DPFedAvg, check_dp_inner, clipped_parts
 from fedge.privacy.secagg.encoding import Segment
 from fedge.privacy.secagg.noisy import SkellamCodec
 from fedge.privacy.skellam import SkellamParameters
@@ -57,7 +57,7 @@ class DistributedDP(Wrapper):
     def __init__(self, inner: Strategy, *, parameters: SkellamParameters, expected_clients: int):
         if isinstance(inner, DistributedDP | DPFedAvg):
             raise ConfigError("the strategy already has differential privacy")
-        _check_inner(inner)
+        check_dp_inner(inner)
         if expected_clients < 1:
             raise ConfigError(f"expected clients must be >= 1, got {expected_clients}")
         super().__init__(inner)

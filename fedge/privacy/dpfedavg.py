@@ -63,6 +63,7 @@ __all__ = [
     "DPFedAvg",
     "GaussianSum",
     "add_noise",
+    "check_dp_inner",
     "clipped_parts",
     "noise_generator",
 ]
@@ -197,7 +198,7 @@ class DPFedAvg(Wrapper):
         clip_norm: float | None = None,
         adaptive: AdaptiveClipping | None = None,
     ):
-        _check_inner(inner)
+        check_dp_inner(inner)
         if adaptive is not None and clip_norm is None:
             clip_norm = adaptive.initial_norm
         elif (adaptive is None) == (clip_norm is None):
@@ -315,7 +316,7 @@ class DPFedAvg(Wrapper):
         return self._move_clip(state, new, unclipped, clip)
 
 
-def _check_inner(inner: Strategy) -> None:
+def check_dp_inner(inner: Strategy) -> None:
     """Refuse strategies whose aggregation the noisy sum would not cover."""
     if isinstance(inner, DPFedAvg):
         raise ConfigError("the strategy already has differential privacy")
