@@ -223,6 +223,18 @@ class ModelConfig(_Section):
         return self
 
 
+class TaskSection(_Section):
+    """What a training job or a simulation learns. ``kind`` (optional) must match the
+    data: a dataset version of boxes, or a ``canvases`` or ``coco`` ``[data]`` section, is
+    detection; anything else classification. A detector's ``score_threshold`` (default
+    0.3) and ``max_detections`` (default 100) are recorded with the model as what ``fedge
+    serve`` answers with when a request sets neither."""
+
+    kind: Literal["classification", "detection"] | None = None
+    score_threshold: float = Field(0.3, ge=0, le=1)
+    max_detections: int = Field(100, ge=1, le=1000)
+
+
 class ClientConfig(_Section):
     """Local SGD of each client (semantics in :mod:`fedge.fl.local`)."""
 
@@ -547,6 +559,7 @@ class ExperimentConfig(_Section):
     system: SystemConfig = SystemConfig()
     deploy: DeployConfig = DeployConfig()
     privacy: PrivacyConfig | None = None
+    task: TaskSection | None = None
 
 
 # --- loading ----------------------------------------------------------------------------

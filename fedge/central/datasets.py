@@ -291,7 +291,7 @@ class DatasetStore:
         if version.task != "classification":
             raise DataError(
                 f"{version.ref} holds {version.task} data (images and boxes), not class "
-                "labels: train it with fedge train and a detector model"
+                "labels: train it with a detector model (fedge train, fedge simulate)"
             )
         return self.load(version).to_data(version.ref)
 

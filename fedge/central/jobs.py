@@ -34,10 +34,10 @@ from fedge.central.train_config import TrainJobConfig
 from fedge.central.weights import params_from_bytes
 from fedge.config import DETECTION_DATA, CanvasesData, CocoData
 from fedge.data.holdout import held_out_rows, hold_out
-from fedge.data.load import load_data, load_detection_data
+from fedge.data.load import DETECTION_TEST_FRACTION, load_data, load_detection_data
 from fedge.errors import ConfigError, FedgeError
-from fedge.models.spec import load_spec, preset_spec
-from fedge.sim.build import model_spec
+from fedge.models.spec import load_spec
+from fedge.sim.build import check_task_kind, detector_spec, model_spec
 
 __all__ = [
     "check_model_name",
@@ -78,7 +78,7 @@ def prepare_job(config: TrainJobConfig, *, store: str | None = None) -> TrainJob
         url = job_store_url(config, store)
         datasets = DatasetStore(open_store(url))
         version = datasets.get(config.dataset.name, config.dataset.version)
-        _check_task(config, version.task, version.ref)
+        check_task_kind(config.task, version.task, version.ref)
         if version.task == "detection":
             return _prepare_detection(config, datasets, version, url)
         data = datasets.load_data(version)
@@ -91,7 +91,9 @@ def prepare_job(config: TrainJobConfig, *, store: str | None = None) -> TrainJob
         if config.data is None:  # the schema guarantees one of the two
             raise ConfigError("the job has no data: add [dataset] or [data]")
         detection = config.data.name in DETECTION_DATA
-        _check_task(config, "detection" if detection else "classification", config.data.name)
+        check_task_kind(
+            config.task, "detection" if detection else "classification", config.data.name
+        )
         if detection:
             return _prepare_detection(config)
         data = load_data(config.data, seed=seed)
@@ -114,12 +116,6 @@ def prepare_job(config: TrainJobConfig, *, store: str | None = None) -> TrainJob
     )
 
 
-def _check_task(config: TrainJobConfig, kind: str, data: str) -> None:
-    """A :class:`ConfigError` if the job's ``[task] kind`` is not the data's."""
-    if config.task is not None and config.task.kind not in (None, kind):
-        raise ConfigError(f"[task] kind is {config.task.kind}, but {data} holds {kind} data")
-
-
 def _prepare_detection(
     config: TrainJobConfig,
     datasets: DatasetStore | None = None,
@@ -129,10 +125,8 @@ def _prepare_detection(
     """:func:`prepare_job` for detection data: images and boxes, a detector spec (the
     ``centernet`` preset or a spec file) and the :class:`~fedge.tasks.Detection` task
     its output map defines."""
-    from fedge.tasks import Detection
-
     seed = config.train.seed
-    fraction = 0.1
+    fraction = DETECTION_TEST_FRACTION
     if datasets is not None and version is not None and config.dataset is not None:
         train, test = datasets.load(version).to_detection()
         pinned = config.dataset.model_copy(update={"version": version.version})
@@ -146,28 +140,13 @@ def _prepare_detection(
     if test is None or len(test) == 0:
         rows, held = held_out_rows(len(train), fraction, seed, name)
         train, test = train.subset(rows), train.subset(held)
-    if config.model.spec is not None:
-        spec = load_spec(config.model.spec)
-    elif config.model.preset == "centernet":
-        spec = preset_spec("centernet", train.input_shape, train.num_classes)
-    else:
-        raise ConfigError(
-            f'{name} is detection data: use model.preset = "centernet" or a detector spec '
-            f"file, not the {config.model.preset} classifier"
-        )
-    options = {}
-    if config.task is not None:
-        options = {
-            "score_threshold": config.task.score_threshold,
-            "max_detections": config.task.max_detections,
-        }
-    task = Detection.from_spec(spec, **options)
-    if task.num_classes != train.num_classes or tuple(spec.input_shape) != train.input_shape:
-        raise ConfigError(
-            f"model {spec.name!r} detects {task.num_classes} classes in "
-            f"{list(spec.input_shape)} images, {name} has {train.num_classes} classes in "
-            f"{list(train.input_shape)} images"
-        )
+    spec, task = detector_spec(
+        config.model,
+        train,
+        name,
+        score_threshold=None if config.task is None else config.task.score_threshold,
+        max_detections=None if config.task is None else config.task.max_detections,
+    )
     return TrainJob(
         config=config,
         spec=spec,

@@ -103,4 +103,5 @@ def publish_run(
         data_version=data_version,
         config=run.config,
         source=str(Path(run_dir).resolve()),
+        task=run.summary.get("task"),
     )

@@ -49,7 +49,13 @@ from pydantic import (
     model_validator,
 )
 
-from fedge.config import DataConfig, ModelConfig, apply_overrides, describe_validation_error
+from fedge.config import (
+    DataConfig,
+    ModelConfig,
+    TaskSection,
+    apply_overrides,
+    describe_validation_error,
+)
 from fedge.errors import ConfigError
 
 __all__ = [
@@ -107,18 +113,6 @@ class TrainSection(_Section):
     def peak_lr(self) -> float:
         """The learning rate after warm-up: ``lr`` scaled linearly by the global batch."""
         return self.lr * self.batch_size / (self.reference_batch or self.batch_size)
-
-
-class TaskSection(_Section):
-    """What the job learns. ``kind`` (optional) must match the data: a dataset version of
-    boxes, or a ``canvases`` or ``coco`` ``[data]`` section, is detection; anything else
-    classification. A detector's ``score_threshold`` (default 0.3) and ``max_detections``
-    (default 100) are recorded with the model as what ``fedge serve`` answers with when a
-    request sets neither."""
-
-    kind: Literal["classification", "detection"] | None = None
-    score_threshold: float = Field(0.3, ge=0, le=1)
-    max_detections: int = Field(100, ge=1, le=1000)
 
 
 class TrainJobConfig(_Section):

@@ -105,8 +105,10 @@ class _RichObserver:
         self.progress.update(self.clients, advance=1, status=f"{rate:,.0f} examples/s")
 
     def round_finished(self, metrics: Mapping[str, Any]) -> None:
-        acc = metrics.get("test_accuracy")
+        acc, map50 = metrics.get("test_accuracy"), metrics.get("test_map50")
         status = f"acc {100 * acc:.2f}%" if acc is not None else ""
+        if map50 is not None:
+            status = f"mAP@.5 {100 * map50:.2f}%"
         self.progress.update(self.rounds, advance=1, status=status)
 
 
@@ -197,7 +199,16 @@ def simulate(
 
 
 def _accuracy_line(summary: Mapping[str, Any], path: Path) -> str:
-    """The final test accuracy and the best round's (an earlier round may have done better)."""
+    """The final test accuracy and the best round's (an earlier round may have done better);
+    a detector's mAP@.5 and mAP@[.5:.95]."""
+    if "final_test_map50" in summary:
+        return (
+            f"test mAP@.5 [bold]{100 * summary['final_test_map50']:.2f}%[/], mAP@[.5:.95] "
+            f"{100 * summary['final_test_map']:.2f}% after {summary['rounds']} rounds, best "
+            f"mAP@.5 {100 * summary['best_test_map50']:.2f}% in round {summary['best_round']} "
+            f"({summary['seconds']:.1f} s); results in {escape(str(path))}/ "
+            f"(plot: {escape(str(path / 'curves.png'))})"
+        )
     return (
         f"test accuracy [bold]{100 * summary['final_test_accuracy']:.2f}%[/] after "
         f"{summary['rounds']} rounds, best {100 * summary['best_test_accuracy']:.2f}% in round "

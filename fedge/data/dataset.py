@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from fedge.errors import DataError
+
+if TYPE_CHECKING:
+    from fedge.data.detection import DetectionDataset
 
 __all__ = ["ArrayDataset", "FederatedData"]
 
@@ -51,9 +55,10 @@ class FederatedData:
     name:
         Short name, e.g. ``"fashion_mnist"``.
     train, test:
-        Pooled training and test sets.
+        Pooled training and test sets: examples with class labels, or for detection
+        images with boxes (:class:`~fedge.data.detection.DetectionDataset`).
     num_classes:
-        Number of label classes; labels are ``0 .. num_classes-1``.
+        Number of classes; labels (or box classes) are ``0 .. num_classes-1``.
     natural_partition:
         For data that comes split by device (LEAF users, Synthetic devices): the
         training-set row indices of each user, in ``client_ids`` order. ``None``
@@ -65,8 +70,8 @@ class FederatedData:
     """
 
     name: str
-    train: ArrayDataset
-    test: ArrayDataset
+    train: ArrayDataset | DetectionDataset
+    test: ArrayDataset | DetectionDataset
     num_classes: int
     natural_partition: list[np.ndarray] | None = None
     client_ids: list[str] | None = None

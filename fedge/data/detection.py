@@ -40,6 +40,7 @@ __all__ = [
     "ANNOTATIONS_FILE",
     "IMAGES_DIR",
     "DetectionDataset",
+    "dominant_classes",
     "load_coco",
     "pad_boxes",
     "write_coco",
@@ -102,6 +103,22 @@ class DetectionDataset:
         if self.file_names is not None:
             names = tuple(self.file_names[i] for i in idx.tolist())
         return DetectionDataset(self.x[idx], self.y[idx], self.categories, names)
+
+
+def dominant_classes(boxes: torch.Tensor) -> np.ndarray:
+    """Per image the class of its largest box (by area; the first on a tie), −1 for an
+    image without boxes: the label a partitioner splits detection data by.
+
+    ``boxes`` is a padded ``(N, M, 5)`` tensor of rows ``[class, xmin, ymin, xmax, ymax]``.
+    """
+    rows = boxes.detach().to(torch.float64)
+    area = (rows[..., 3] - rows[..., 1]) * (rows[..., 4] - rows[..., 2])
+    area = torch.where(rows[..., 0] >= 0, area, torch.full_like(area, -1.0))
+    if rows.shape[1] == 0:
+        return np.full(rows.shape[0], -1, dtype=np.int64)
+    largest = area.argmax(dim=1, keepdim=True)
+    classes = rows[..., 0].gather(1, largest).squeeze(1).to(torch.int64)
+    return classes.numpy()
 
 
 def pad_boxes(per_image: Sequence[np.ndarray]) -> torch.Tensor:

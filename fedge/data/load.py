@@ -26,7 +26,11 @@ from fedge.errors import ConfigError
 if TYPE_CHECKING:
     from fedge.data.detection import DetectionDataset
 
-__all__ = ["load_data", "load_detection_data", "partition_data"]
+__all__ = ["load_data", "load_detection_data", "load_federated_detection", "partition_data"]
+
+#: Share of a detection source's images held out for testing when it has no test split
+#: (``fedge train`` holds out the same rows: see :func:`fedge.data.holdout.held_out_rows`).
+DETECTION_TEST_FRACTION = 0.1
 
 
 def load_data(config: DataConfig, *, seed: int = 0) -> FederatedData:
@@ -55,8 +59,9 @@ def load_data(config: DataConfig, *, seed: int = 0) -> FederatedData:
         return load_store_data(config, seed=seed)
     if config.name in DETECTION_DATA:
         raise ConfigError(
-            f"[data] {config.name} is detection data (boxes, not labels): train it with "
-            "fedge train or upload it with fedge data upload"
+            f"[data] {config.name} is detection data (boxes, not labels), and this command "
+            "takes class labels: fedge simulate and fedge train train detectors, fedge data "
+            "upload stores them"
         )
     raise ConfigError(f"unknown dataset {config!r}")
 
@@ -86,6 +91,35 @@ def load_detection_data(
     return train, test
 
 
+def load_federated_detection(config: CanvasesData | CocoData, *, seed: int = 0) -> FederatedData:
+    """A detection ``[data]`` section as the simulation's :class:`FederatedData`: images
+    and padded boxes (:class:`~fedge.data.detection.DetectionDataset`) for ``train`` and
+    ``test``. A source without a test split gets the seeded hold-out of
+    :data:`DETECTION_TEST_FRACTION` of its images, the rows ``fedge train`` holds out."""
+    from fedge.data.holdout import held_out_rows
+
+    train, test = load_detection_data(config, seed=seed)
+    if test is None or len(test) == 0:
+        rows, held = held_out_rows(len(train), DETECTION_TEST_FRACTION, seed, config.name)
+        train, test = train.subset(rows), train.subset(held)
+    return FederatedData(name=config.name, train=train, test=test, num_classes=train.num_classes)
+
+
+def partition_labels(data: FederatedData) -> tuple[np.ndarray, int]:
+    """The label of each training example that label-skewed partitions split by, and the
+    number of label values: the class for classification; for detection data the class
+    of the image's largest box (images without boxes get an extra label of their own)."""
+    y = data.train.y
+    if y.ndim == 1:
+        return y.numpy(), data.num_classes
+    from fedge.data.detection import dominant_classes
+
+    labels = dominant_classes(y)
+    if (labels < 0).any():
+        return np.where(labels < 0, data.num_classes, labels), data.num_classes + 1
+    return labels, data.num_classes
+
+
 def partition_data(
     data: FederatedData, config: PartitionConfig | None, *, seed: int = 0
 ) -> list[np.ndarray]:
@@ -93,7 +127,8 @@ def partition_data(
 
     With no ``[partition]`` section, data that comes split by user (LEAF, Synthetic) keeps
     its natural partition; other data needs one. The split is drawn with the section's
-    ``seed`` when it has one, else with ``seed``.
+    ``seed`` when it has one, else with ``seed``. Detection data is split by each image's
+    dominant class (:func:`partition_labels`).
     """
     if config is None or isinstance(config, NaturalPartition):
         if data.natural_partition is None:
@@ -102,10 +137,10 @@ def partition_data(
                 "(scheme = iid, dirichlet, label_k, shards or quantity_skew)"
             )
         return P.natural(data.natural_partition)
-    labels = data.train.y.numpy()
+    labels, num_labels = partition_labels(data)
     options = config.model_dump(exclude={"scheme", "num_clients", "seed"})
     if config.seed is not None:
         seed = config.seed
     if config.scheme in ("dirichlet", "label_k"):
-        options["num_classes"] = data.num_classes
+        options["num_classes"] = num_labels
     return P.PARTITIONERS[config.scheme](labels, config.num_clients, seed=seed, **options)

@@ -12,16 +12,19 @@ import torch
 
 from fedge.config import StoreData
 from fedge.data.dataset import ArrayDataset, FederatedData
-from fedge.data.holdout import hold_out
+from fedge.data.holdout import held_out_rows, hold_out
 
 __all__ = ["load_store_data"]
 
 
-def load_store_data(config: StoreData, *, seed: int = 0) -> FederatedData:
+def load_store_data(config: StoreData, *, seed: int = 0, boxes: bool = False) -> FederatedData:
     """The version ``config`` names, as :class:`FederatedData` named ``name@version``
     (``latest`` is resolved now: the name tells which version was read).
 
-    Float features are converted to float32, as training jobs do.
+    Float features are converted to float32, as training jobs do. A version of images and
+    boxes loads only when the caller takes ``boxes`` (the simulation), as
+    :class:`~fedge.data.detection.DetectionDataset` splits; else it is a
+    :class:`~fedge.errors.DataError`.
     """
     # Imported here: the store and its clients (boto3) load only when a run reads the store.
     from fedge.central.datasets import DatasetStore
@@ -29,6 +32,12 @@ def load_store_data(config: StoreData, *, seed: int = 0) -> FederatedData:
 
     datasets = DatasetStore(open_store(config.store or default_store_url()))
     version = datasets.get(config.dataset, config.version)
+    if boxes and version.task == "detection":
+        train, test = datasets.load(version).to_detection()
+        if test is None or len(test) == 0:
+            rows, held = held_out_rows(len(train), config.test_fraction, seed, version.ref)
+            train, test = train.subset(rows), train.subset(held)
+        return FederatedData(version.ref, train, test, num_classes=train.num_classes)
     data = datasets.load_data(version)
     if data.train.x.is_floating_point() and data.train.x.dtype != torch.float32:
         data = FederatedData(

@@ -7,7 +7,8 @@ the tests agree on it exactly:
   client's own random stream (:func:`client_generator`) and cut it into consecutive batches
   of ``batch_size`` (the last one smaller unless ``drop_last``). ``batch_size=None`` means
   full batch.
-* At each step the gradient is that of the mean softmax cross-entropy over the batch, plus
+* At each step the gradient is that of the mean loss over the batch (softmax
+  cross-entropy, or the task's loss: :attr:`LocalTraining.task`), plus
   ``weight_decay · w``, plus the strategy's :meth:`~fedge.fl.strategy.Strategy.grad_correction`.
 * The update is PyTorch's SGD: ``buf = momentum·buf + g`` (``buf = g`` at the first step),
   ``w ← w − lr·buf``; the momentum buffer starts at zero in every round. Then the
@@ -20,6 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -29,8 +31,12 @@ from fedge.errors import ConfigError
 from fedge.fl.strategy.base import Strategy
 from fedge.fl.types import ClientTask, ClientUpdate, Params
 
+if TYPE_CHECKING:
+    from fedge.tasks import Task
+
 __all__ = [
     "LocalTraining",
+    "batch_loss",
     "client_generator",
     "evaluate",
     "get_params",
@@ -41,7 +47,11 @@ __all__ = [
 
 @dataclass(frozen=True)
 class LocalTraining:
-    """Hyper-parameters of a client's local SGD (see the module docstring)."""
+    """Hyper-parameters of a client's local SGD (see the module docstring).
+
+    ``task`` is what the model learns (:mod:`fedge.tasks`): its loss is what local SGD
+    minimises. ``None`` means classification, softmax cross-entropy on int64 labels.
+    """
 
     epochs: int = 1
     batch_size: int | None = 32
@@ -49,6 +59,7 @@ class LocalTraining:
     momentum: float = 0.0
     weight_decay: float = 0.0
     drop_last: bool = False
+    task: Task | None = None
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -137,7 +148,7 @@ def train_client(
         start = (step % per_epoch) * b
         idx = order[start : start + b]
         optimizer.zero_grad(set_to_none=False)
-        loss = F.cross_entropy(model(x[idx]), y[idx])
+        loss = batch_loss(config.task, model(x[idx]), y[idx])
         loss.backward()
         correction = strategy.grad_correction(named, task)
         if correction is not None:
@@ -160,6 +171,14 @@ def train_client(
         metrics={"train_loss": float(loss_sum) / max(seen, 1), "examples": seen},
     )
     return strategy.finish_client(task, update, config)
+
+
+def batch_loss(task: Task | None, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The mean loss of a batch: softmax cross-entropy without a task, else the task's
+    loss on its collated targets."""
+    if task is None:
+        return F.cross_entropy(outputs, targets)
+    return task.loss(outputs, task.collate(targets))
 
 
 @torch.no_grad()

@@ -1,6 +1,8 @@
-"""Objects an experiment config names: aggregator, strategy and model spec."""
+"""Objects an experiment config names: aggregator, strategy, model spec and task."""
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 from fedge.config import (
     AggregatorConfig,
@@ -14,6 +16,7 @@ from fedge.config import (
     ModelConfig,
     ScaffoldConfig,
     StrategyConfig,
+    TaskSection,
     TrimmedMeanAggregator,
 )
 from fedge.data.dataset import FederatedData
@@ -33,7 +36,18 @@ from fedge.fl.strategy import (
 )
 from fedge.models.spec import ModelSpec, load_spec, preset_spec
 
-__all__ = ["check_cohort", "make_aggregator", "make_strategy", "model_spec"]
+if TYPE_CHECKING:
+    from fedge.data.detection import DetectionDataset
+    from fedge.tasks import Detection
+
+__all__ = [
+    "check_cohort",
+    "check_task_kind",
+    "detector_spec",
+    "make_aggregator",
+    "make_strategy",
+    "model_spec",
+]
 
 
 def make_aggregator(config: AggregatorConfig) -> Aggregator:
@@ -109,3 +123,48 @@ def model_spec(config: ExperimentConfig | ModelConfig, data: FederatedData) -> M
             f"model spec outputs {list(outputs)} but {data.name} has {data.num_classes} classes"
         )
     return spec
+
+
+def check_task_kind(section: TaskSection | None, kind: str, data: str) -> None:
+    """A :class:`ConfigError` if a ``[task]`` section's ``kind`` is not ``kind``, the kind
+    of the data called ``data``."""
+    if section is not None and section.kind not in (None, kind):
+        raise ConfigError(f"[task] kind is {section.kind}, but {data} holds {kind} data")
+
+
+def detector_spec(
+    model: ModelConfig,
+    train: DetectionDataset,
+    name: str,
+    *,
+    score_threshold: float | None = None,
+    max_detections: int | None = None,
+) -> tuple[ModelSpec, Detection]:
+    """The detector a ``[model]`` section names for detection data ``train`` (called
+    ``name`` in errors), and the :class:`~fedge.tasks.Detection` task its output map
+    defines; ``score_threshold`` and ``max_detections`` are the task's serving defaults
+    (the task's own when ``None``)."""
+    from fedge.tasks import Detection
+
+    if model.spec is not None:
+        spec = load_spec(model.spec)
+    elif model.preset == "centernet":
+        spec = preset_spec("centernet", train.input_shape, train.num_classes)
+    else:
+        raise ConfigError(
+            f'{name} is detection data: use model.preset = "centernet" or a detector spec '
+            f"file, not the {model.preset} classifier"
+        )
+    options: dict[str, float | int] = {}
+    if score_threshold is not None:
+        options["score_threshold"] = score_threshold
+    if max_detections is not None:
+        options["max_detections"] = max_detections
+    task = Detection.from_spec(spec, **options)
+    if task.num_classes != train.num_classes or tuple(spec.input_shape) != train.input_shape:
+        raise ConfigError(
+            f"model {spec.name!r} detects {task.num_classes} classes in "
+            f"{list(spec.input_shape)} images, {name} has {train.num_classes} classes in "
+            f"{list(train.input_shape)} images"
+        )
+    return spec, task

@@ -8,6 +8,7 @@ round, evaluating the global model on the test set.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import closing
@@ -19,11 +20,12 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from fedge.config import ExperimentConfig, StoreData
+from fedge.config import CanvasesData, CocoData, ExperimentConfig, StoreData
 from fedge.data.dataset import FederatedData
-from fedge.data.load import load_data, partition_data
+from fedge.data.load import load_data, load_federated_detection, partition_data
+from fedge.data.store import load_store_data
 from fedge.errors import ConfigError
-from fedge.fl.local import LocalTraining, evaluate
+from fedge.fl.local import LocalTraining, evaluate, set_params
 from fedge.fl.rounds import RoundCoordinator, RoundPolicy, RoundTally
 from fedge.fl.sampling import clients_per_round, sample_clients
 from fedge.fl.strategy import Strategy
@@ -38,12 +40,13 @@ from fedge.sim.adversity import (
     malicious_clients,
     straggler_budgets,
 )
-from fedge.sim.build import check_cohort, make_strategy, model_spec
+from fedge.sim.build import check_cohort, check_task_kind, detector_spec, make_strategy, model_spec
 from fedge.sim.engine import ClientData, Engine, SequentialEngine
 from fedge.sim.outputs import RunDirectory, peak_memory_mb
 from fedge.sim.ray_engine import RayEngine
 from fedge.sim.threads import default_threads
-from fedge.sim.vectorized import VectorizedEngine
+from fedge.sim.vectorized import VectorizedEngine, check_vectorizable
+from fedge.tasks import Classification, Task
 from fedge.traffic import UpdateMeter, fingerprint_test_set, traffic_summary
 
 __all__ = [
@@ -84,11 +87,25 @@ class Federation:
     malicious: frozenset[int] = frozenset()
     straggler_policy: str = "drop"
     privacy: PrivacyPlan | None = None
+    #: What the model learns; ``None`` is classification (:attr:`LocalTraining.task`).
+    task: Task | None = None
 
     @property
     def rounds(self) -> int:
         """Rounds to train: the config's, or fewer when the privacy budget stops earlier."""
         return self.privacy.rounds if self.privacy is not None else self.config.rounds
+
+    @property
+    def metric_names(self) -> tuple[str, ...]:
+        """What an evaluation measures (``test_``-prefixed in a round's metrics): loss and
+        accuracy, or a detector's loss and COCO mAP (``map``, ``map50``)."""
+        return ("accuracy", "loss") if self.task is None else ("loss", "map", "map50")
+
+    @property
+    def headline(self) -> str:
+        """The round metric that ranks rounds: ``test_accuracy``, or a detector's
+        ``test_map50``."""
+        return "test_" + ("accuracy" if self.task is None else self.task.headline_metric)
 
 
 def prepare(config: ExperimentConfig) -> Federation:
@@ -98,7 +115,7 @@ def prepare(config: ExperimentConfig) -> Federation:
     fresh process (:func:`~fedge.sim.threads.default_threads`), not to whatever an earlier
     ``torch.set_num_threads`` in this process left."""
     torch.set_num_threads(config.threads or default_threads())
-    data = load_data(config.data, seed=config.seed)
+    data, spec, task = _data_and_model(config)
     partition = partition_data(data, config.partition, seed=config.seed)
     if any(len(p) == 0 for p in partition):
         raise ConfigError("the partition leaves some client with no training example")
@@ -110,6 +127,7 @@ def prepare(config: ExperimentConfig) -> Federation:
         momentum=c.momentum,
         weight_decay=c.weight_decay,
         drop_last=c.drop_last,
+        task=task,
     )
     cohort = clients_per_round(
         len(partition),
@@ -121,6 +139,11 @@ def prepare(config: ExperimentConfig) -> Federation:
     if config.attack is not None:
         malicious = malicious_clients(len(partition), config.attack.fraction, seed=config.seed)
         if config.attack.kind == "label_flip":
+            if task is not None:
+                raise ConfigError(
+                    "the label_flip attack flips class labels; detection data has boxes: "
+                    "choose another attack kind"
+                )
             rows = [torch.as_tensor(partition[k], dtype=torch.int64) for k in sorted(malicious)]
             y = flip_labels(y, rows, data.num_classes)
     strategy = make_strategy(config.strategy, num_clients=len(partition), local=local)
@@ -133,9 +156,7 @@ def prepare(config: ExperimentConfig) -> Federation:
             clients_per_round=cohort,
             rounds=config.rounds,
             dimension=(  # distributed DP's scale depends on the values per update
-                count_parameters(build_model(model_spec(config, data)))
-                if config.privacy.dp == "distributed"
-                else None
+                count_parameters(build_model(spec)) if config.privacy.dp == "distributed" else None
             ),
         )
         strategy = privacy.wrap(strategy, seed=config.seed)
@@ -153,14 +174,44 @@ def prepare(config: ExperimentConfig) -> Federation:
         data=data,
         partition=partition,
         clients=ClientData.from_partition(data.train.x, y, partition),
-        spec=model_spec(config, data),
+        spec=spec,
         strategy=strategy,
         local=local,
         cohort=cohort,
         malicious=malicious,
         straggler_policy=policy,
         privacy=privacy,
+        task=task,
     )
+
+
+def _data_and_model(config: ExperimentConfig) -> tuple[FederatedData, ModelSpec, Task | None]:
+    """The experiment's data, its model spec and its task (``None`` for classification):
+    for detection data (``canvases``, ``coco``, a dataset version of boxes) a detector
+    (:func:`~fedge.sim.build.detector_spec`), which the vectorized engine cannot train."""
+    section = config.task
+    if isinstance(config.data, StoreData):
+        data = load_store_data(config.data, seed=config.seed, boxes=True)
+    elif isinstance(config.data, CanvasesData | CocoData):
+        if config.engine == "vectorized":  # refused before the data is made
+            check_vectorizable("detection")
+        data = load_federated_detection(config.data, seed=config.seed)
+    else:
+        data = load_data(config.data, seed=config.seed)
+    if data.train.y.ndim == 1:
+        check_task_kind(section, "classification", data.name)
+        return data, model_spec(config, data), None
+    check_task_kind(section, "detection", data.name)
+    if config.engine == "vectorized":
+        check_vectorizable("detection")
+    spec, task = detector_spec(
+        config.model,
+        data.train,
+        data.name,
+        score_threshold=None if section is None else section.score_threshold,
+        max_detections=None if section is None else section.max_detections,
+    )
+    return data, spec, task
 
 
 @dataclass
@@ -193,9 +244,26 @@ def _collect(
         yield update
 
 
+def _evaluate(
+    fed: Federation, model: torch.nn.Module, params: Params, x: torch.Tensor, y: torch.Tensor
+) -> dict[str, float]:
+    """Metrics of ``params`` on ``(x, y)`` named as :attr:`Federation.metric_names`."""
+    batch = fed.config.eval.batch_size
+    if fed.task is None:
+        loss, accuracy = evaluate(model, x, y, params=params, batch_size=batch)
+        return {"accuracy": accuracy, "loss": loss}
+    set_params(model, params)
+    return fed.task.evaluate(model, x, y, batch_size=batch)
+
+
 def _client_eval(fed: Federation, model: torch.nn.Module, params: Params, clients) -> dict:
     """Sample-weighted loss and accuracy of the global model on the sampled clients' data
-    (their natural test rows when the dataset has them, else their training rows)."""
+    (their natural test rows when the dataset has them, else their training rows); a
+    detector's loss and mAP on the union of their images (mAP is not a mean over images)."""
+    if fed.task is not None:
+        rows = torch.cat([fed.clients.indices[int(k)] for k in clients])
+        found = _evaluate(fed, model, params, fed.clients.x[rows], fed.clients.y[rows])
+        return {f"client_eval_{k}": v for k, v in found.items()}
     loss = acc = 0.0
     total = 0
     tests = fed.data.natural_test_partition
@@ -271,9 +339,12 @@ def _run_rounds(
     """The rounds of :func:`run` on an open ``engine``."""
     cfg = fed.config
     model = build_model(fed.spec, seed=cfg.seed)
+    initial = dict(model.named_parameters())
+    if fed.task is not None:
+        initial = fed.task.init_params(fed.spec, initial)
     rounds = RoundCoordinator(
         fed.strategy,
-        fed.strategy.init(dict(model.named_parameters())),
+        fed.strategy.init(initial),
         RoundPolicy(target=fed.cohort),
         rounds=fed.rounds,
     )
@@ -314,8 +385,7 @@ def _run_rounds(
         train_seconds = time.perf_counter() - t0
         metrics: dict[str, Any] = {
             "round": r,
-            "test_accuracy": None,
-            "test_loss": None,
+            **{f"test_{name}": None for name in fed.metric_names},
             "train_loss": tally.train_loss,
             "clients": tally.clients,
             "rejected": tally.rejected,
@@ -338,10 +408,8 @@ def _run_rounds(
             cfg.max_seconds is not None and time.perf_counter() - start >= cfg.max_seconds
         )
         if r % cfg.eval.every == 0 or last:
-            loss, acc = evaluate(
-                model, test.x, test.y, params=state.params, batch_size=cfg.eval.batch_size
-            )
-            metrics["test_loss"], metrics["test_accuracy"] = loss, acc
+            found = _evaluate(fed, model, state.params, test.x, test.y)
+            metrics.update({f"test_{name}": found[name] for name in fed.metric_names})
             if cfg.eval.client_eval:
                 metrics.update(_client_eval(fed, model, state.params, clients))
         metrics["seconds"] = time.perf_counter() - t0
@@ -374,8 +442,10 @@ def run_to_folder(
     except BaseException:
         folder.abandon()
         raise
-    evaluated = [m for m in result.history if m["test_accuracy"] is not None]
-    last, best = evaluated[-1], max(evaluated, key=lambda m: m["test_accuracy"])
+    key = fed.headline
+    evaluated = [m for m in result.history if m[key] is not None]
+    last = evaluated[-1]
+    best = max(evaluated, key=lambda m: m[key] if math.isfinite(m[key]) else -math.inf)
     summary = {
         "name": cfg.name,
         "dataset": fed.data.name,
@@ -391,9 +461,9 @@ def run_to_folder(
         "num_train": len(fed.data.train),
         "num_test": len(fed.data.test),
         "test_set_sha256": fingerprint_test_set(fed.data.test.x, fed.data.test.y),
-        "final_test_accuracy": last["test_accuracy"],
-        "final_test_loss": last["test_loss"],
-        "best_test_accuracy": best["test_accuracy"],
+        "task": (fed.task or Classification(fed.data.num_classes)).to_dict(),
+        **{f"final_test_{name}": last[f"test_{name}"] for name in fed.metric_names},
+        f"best_{key}": best[key],
         "best_round": best["round"],
         "seconds": result.seconds,
         "seconds_per_round": result.seconds / len(result.history),

@@ -45,9 +45,13 @@ def peak_memory_mb() -> float:
 
 
 def plot_history(history: Sequence[Mapping[str, Any]], path: Path, *, title: str) -> Path:
-    """A PNG with test accuracy (left) and test/train loss (right) per round."""
-    rounds = [m["round"] for m in history if m.get("test_accuracy") is not None]
-    acc = [100 * m["test_accuracy"] for m in history if m.get("test_accuracy") is not None]
+    """A PNG with test accuracy (a detector's mAP@.5) (left) and test/train loss (right)
+    per round."""
+    key, title = "test_accuracy", "Test accuracy"
+    if any(m.get("test_map50") is not None for m in history):
+        key, title = "test_map50", "Test mAP@.5"
+    rounds = [m["round"] for m in history if m.get(key) is not None]
+    acc = [100 * m[key] for m in history if m.get(key) is not None]
     loss = [m["test_loss"] for m in history if m.get("test_loss") is not None]
     # matplotlib is imported here, not with the module: a simulation that plots only at
     # the end should not carry it (about 30 MB) through all its rounds.
@@ -58,12 +62,12 @@ def plot_history(history: Sequence[Mapping[str, Any]], path: Path, *, title: str
     FigureCanvasAgg(fig)
     ax_acc, ax_loss = fig.subplots(1, 2)
     ax_acc.plot(rounds, acc, marker="o", markersize=3)
-    ax_acc.set(xlabel="round", ylabel="test accuracy (%)", title="Test accuracy")
+    ax_acc.set(xlabel="round", ylabel=f"{title.lower()} (%)", title=title)
     ax_loss.plot(rounds, loss, marker="o", markersize=3, label="test")
     ax_loss.plot(
         [m["round"] for m in history], [m["train_loss"] for m in history], label="train (local)"
     )
-    ax_loss.set(xlabel="round", ylabel="cross-entropy", title="Loss")
+    ax_loss.set(xlabel="round", ylabel="loss", title="Loss")
     ax_loss.legend()
     for ax in (ax_acc, ax_loss):
         ax.grid(alpha=0.3)

@@ -29,6 +29,7 @@ from dataclasses import replace
 import torch
 import torch.nn.functional as F
 
+from fedge.errors import ConfigError
 from fedge.fl.local import LocalTraining, client_generator
 from fedge.fl.strategy.base import Strategy
 from fedge.fl.types import ClientTask, ClientUpdate, Params
@@ -36,10 +37,20 @@ from fedge.models.spec import ModelSpec, build_model
 from fedge.models.stacked import stacked_forward
 from fedge.sim.engine import ClientData
 
-__all__ = ["VectorizedEngine"]
+__all__ = ["VectorizedEngine", "check_vectorizable"]
 
 #: Default memory budget for one chunk of stacked clients.
 DEFAULT_MAX_MEMORY = 2 * 2**30
+
+
+def check_vectorizable(kind: str) -> None:
+    """Raise :class:`~fedge.errors.ConfigError` unless the engine can train models of
+    task ``kind``: it stacks classifiers (its loss is a per-client cross-entropy)."""
+    if kind != "classification":
+        raise ConfigError(
+            f"the vectorized engine trains classifiers only, not a {kind} model: set "
+            'engine = "sequential" (or "ray")'
+        )
 
 
 class VectorizedEngine:
@@ -66,6 +77,7 @@ class VectorizedEngine:
         max_memory: int = DEFAULT_MAX_MEMORY,
         workers: int | None = None,
     ):
+        check_vectorizable("classification" if local.task is None else local.task.kind)
         self.data = data
         self.local = local
         self.seed = seed
