@@ -116,8 +116,11 @@ class _Connection:
         return status
 
 
-async def load(url: str, body: bytes, concurrency: int, seconds: float, warmup: float) -> dict:
-    """Closed-loop load: ``concurrency`` connections, each with one request in flight.
+async def load(
+    url: str, body: bytes, concurrency: int, seconds: float, warmup: float, path: str = "/predict"
+) -> dict:
+    """Closed-loop load: ``concurrency`` connections, each with one request in flight,
+    each request ``POST path`` with ``body``.
 
     The client writes prebuilt HTTP/1.1 requests on raw asyncio streams: an HTTP library
     (httpx) spends ~1-3 ms of CPU per request here, more than either server, and on a
@@ -126,7 +129,7 @@ async def load(url: str, body: bytes, concurrency: int, seconds: float, warmup: 
     parsed = httpx.URL(url)
     host, port = parsed.host, parsed.port
     raw = (
-        f"POST /predict HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+        f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\n\r\n"
     ).encode() + body
     latencies: list[float] = []
@@ -164,10 +167,13 @@ async def load(url: str, body: bytes, concurrency: int, seconds: float, warmup: 
     }
 
 
-def generate(url: str, body: bytes, concurrency: int, seconds: float, warmup: float) -> dict:
+def generate(
+    url: str, body: bytes, concurrency: int, seconds: float, warmup: float, path: str = "/predict"
+) -> dict:
     """:func:`load` in a separate process (this script with ``--generate``)."""
+    args = [url, str(concurrency), str(seconds), str(warmup), path]
     out = subprocess.run(
-        [sys.executable, __file__, "--generate", url, str(concurrency), str(seconds), str(warmup)],
+        [sys.executable, __file__, "--generate", *args],
         input=body,
         capture_output=True,
         check=True,
@@ -243,14 +249,16 @@ def ensure_flask() -> None:
 
 
 def main() -> None:
-    if len(sys.argv) == 6 and sys.argv[1] == "--generate":
-        url, c, seconds, warmup = (
+    if len(sys.argv) == 7 and sys.argv[1] == "--generate":
+        url, c, seconds, warmup, path = (
             sys.argv[2],
             int(sys.argv[3]),
             float(sys.argv[4]),
             float(sys.argv[5]),
+            sys.argv[6],
         )
-        print(json.dumps(asyncio.run(load(url, sys.stdin.buffer.read(), c, seconds, warmup))))
+        body = sys.stdin.buffer.read()
+        print(json.dumps(asyncio.run(load(url, body, c, seconds, warmup, path))))
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32, 200])
