@@ -22,6 +22,12 @@ keeps running the old model.
 The cached files are checked against their hashes again whenever they are loaded (and
 again when they change on disk), and before an update answers "up to date": a copy
 changed on the device is never used, and the next update downloads it again.
+
+The bundle's ``version.json`` says what the model does (its ``task``, as the registry
+recorded it): a classifier's predictions are classes and probabilities, a detector's are
+boxes, decoded by the same NumPy code as ``fedge serve``'s (:mod:`fedge.tasks.responses`),
+so both answer the same rows for the same input. Image files are read, and detections
+drawn on them, with Pillow, imported only when needed.
 """
 
 from __future__ import annotations
@@ -43,12 +49,15 @@ import httpx
 import numpy as np
 import onnxruntime as ort
 
+from fedge.central.edge_images import IMAGE_SUFFIXES, check_image, load_image, one_line
 from fedge.central.npfile import read_npy, read_npz
 from fedge.central.signing import load_public_key, verify_version
-from fedge.errors import DataError, ServingError
+from fedge.errors import ConfigError, DataError, ServingError
+from fedge.tasks.responses import decode_detections
 
 __all__ = [
     "CachedModel",
+    "Detections",
     "EdgeApp",
     "Prediction",
     "UpdateResult",
@@ -112,6 +121,37 @@ class Prediction:
     version: int
 
 
+@dataclass(frozen=True)
+class Detections:
+    """A detector's boxes for a batch of images, and the version that found them.
+
+    ``rows`` holds per image a float32 ``(n, 6)`` array of rows ``[class, score, xmin,
+    ymin, xmax, ymax]``, best score first, corners normalised to [0, 1] by the image's
+    width and height: what ``fedge serve``'s ``/predict`` answers for the same input and
+    options. ``image_size`` is the model's input ``(height, width)`` in pixels;
+    ``categories`` names the classes when the version records names (its task's
+    ``categories``), else ``None``.
+    """
+
+    rows: list[np.ndarray]
+    image_size: tuple[int, int]
+    categories: tuple[str, ...] | None
+    score_threshold: float
+    max_detections: int
+    model: str
+    version: int
+
+    def prediction(self) -> list[list[list[float]]]:
+        """The rows as ``/predict``'s ``prediction`` field: lists, the class an ``int``."""
+        return [[[int(r[0]), *(float(v) for v in r[1:])] for r in image] for image in self.rows]
+
+    def class_name(self, index: int) -> str:
+        """The name of class ``index``, or ``class <index>`` when the version has none."""
+        if self.categories is not None and 0 <= index < len(self.categories):
+            return self.categories[index]
+        return f"class {index}"
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     """Row-wise softmax of a batch of logits, computed stably (the row maximum is subtracted
     first); the server's answers use it too."""
@@ -121,10 +161,6 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())
 
 
 def _mismatch(files: dict[str, bytes], meta: Any) -> str | None:
@@ -146,7 +182,7 @@ def _open(files: dict[str, bytes]) -> tuple[ort.InferenceSession, tuple[int, ...
     try:
         shape = tuple(int(d) for d in json.loads(files["model.json"])["input_shape"])
     except (ValueError, KeyError, TypeError) as exc:
-        raise ServingError(f"model.json is not a model spec ({_one_line(exc)})") from None
+        raise ServingError(f"model.json is not a model spec ({one_line(exc)})") from None
     if not shape or not all(0 < d <= 1 << 16 for d in shape) or math.prod(shape) > 1 << 24:
         raise ServingError(f"model.json states an impossible input shape {list(shape)}")
     options = ort.SessionOptions()
@@ -160,7 +196,7 @@ def _open(files: dict[str, bytes]) -> tuple[ort.InferenceSession, tuple[int, ...
     except Exception as exc:  # onnxruntime raises its own types, for any model or input
         raise ServingError(
             f"onnxruntime cannot run model.onnx on the input shape {list(shape)} of "
-            f"model.json: {_one_line(exc)}"
+            f"model.json: {one_line(exc)}"
         ) from None
     return session, shape
 
@@ -175,6 +211,12 @@ def _file_state(folder: Path) -> tuple[Any, ...]:
         except OSError:
             state.append(None)
     return tuple(state)
+
+
+def _task(meta: dict[str, Any]) -> dict[str, Any]:
+    """The ``task`` of a ``version.json``; a version without one is a classifier."""
+    task = meta.get("task")
+    return dict(task) if isinstance(task, dict) else {"kind": "classification"}
 
 
 def _server_error(response: httpx.Response) -> ServingError:
@@ -257,7 +299,7 @@ class EdgeApp:
             return None
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ServingError(
-                f"the cached model in {self._folder} is corrupt ({_one_line(exc)}): run "
+                f"the cached model in {self._folder} is corrupt ({one_line(exc)}): run "
                 f"`fedge edge update {self.model}` to download it again"
             ) from None
         return model, meta
@@ -330,7 +372,7 @@ class EdgeApp:
             version = int(meta["version"])
         except (zipfile.BadZipFile, zlib.error, EOFError, KeyError, ValueError, TypeError) as exc:
             raise ServingError(
-                f"the downloaded bundle of {self.model!r} is corrupt: {_one_line(exc)}"
+                f"the downloaded bundle of {self.model!r} is corrupt: {one_line(exc)}"
             ) from None
         kept = f"version {cached.version} stays in use" if cached else "nothing was installed"
         refused = f"the download of {self.model!r} version {version} was refused"
@@ -408,11 +450,41 @@ class EdgeApp:
             )
         return found
 
-    def predict(self, x: np.ndarray) -> Prediction:
-        """Classify the examples ``x`` (``(n, *input_shape)`` or ``(n, features)``) with
-        the cached model, on the device."""
+    def task(self) -> dict[str, Any]:
+        """What the cached model does: the ``task`` its ``version.json`` records
+        (:meth:`fedge.tasks.Task.to_dict`, with a ``kind``); ``{"kind": "classification"}``
+        for a version registered without one, as the registry reads it."""
+        return _task(self._require()[1])
+
+    def predict(
+        self,
+        x: np.ndarray,
+        *,
+        score_threshold: float | None = None,
+        max_detections: int | None = None,
+    ) -> Prediction | Detections:
+        """Run the cached model on the examples ``x`` (``(n, *input_shape)``, or
+        ``(n, features)`` of the same size), on the device.
+
+        A classifier returns a :class:`Prediction`; a detector (its version's task says
+        so) returns :class:`Detections`, decoded with ``score_threshold`` (0 to 1) and
+        ``max_detections`` (at least 1), each by default what the version's task records
+        (else 0.3 and 100), as ``fedge serve`` decodes them. A classifier refuses them.
+        """
         model, meta = self._require()
         runtime = self._runtime(model, meta)
+        task = _task(meta)
+        kind = task.get("kind")
+        if kind not in ("classification", "detection"):
+            raise ServingError(
+                f"the cached model {self.model!r} version {model.version} is a {kind!r} "
+                "model; this edge app runs classification and detection models"
+            )
+        if kind == "classification" and (score_threshold, max_detections) != (None, None):
+            raise ConfigError(
+                f"score_threshold and max_detections apply to detection models only; "
+                f"{self.model!r} classifies"
+            )
         shape = runtime.input_shape
         x = np.asarray(x, dtype=np.float32)
         if x.ndim >= 2 and x.shape[1:] != shape and math.prod(x.shape[1:]) == math.prod(shape):
@@ -426,16 +498,78 @@ class EdgeApp:
             raise DataError("inputs hold NaN or infinity")
         session = runtime.session
         try:
-            (logits,) = session.run(None, {session.get_inputs()[0].name: x})
+            (outputs,) = session.run(None, {session.get_inputs()[0].name: x})
         except Exception as exc:  # onnxruntime raises its own types
             raise ServingError(
-                f"the cached model {self.model!r} version {model.version} failed: {_one_line(exc)}"
+                f"the cached model {self.model!r} version {model.version} failed: {one_line(exc)}"
             ) from None
+        if kind == "detection":
+            return self._detections(
+                outputs, task, shape, model.version, score_threshold, max_detections
+            )
         return Prediction(
-            labels=logits.argmax(axis=1),
-            probabilities=softmax(logits),
+            labels=outputs.argmax(axis=1),
+            probabilities=softmax(outputs),
             model=self.model,
             version=model.version,
+        )
+
+    def _detections(
+        self,
+        outputs: np.ndarray,
+        task: dict[str, Any],
+        input_shape: tuple[int, ...],
+        version: int,
+        score_threshold: float | None,
+        max_detections: int | None,
+    ) -> Detections:
+        """The detector's ``outputs`` decoded as ``fedge serve`` decodes them (the same
+        defaults from the task, the same NumPy code)."""
+        what = f"the cached model {self.model!r} version {version}"
+        try:
+            num_classes = int(task.get("num_classes", outputs.shape[1] - 4))
+            threshold = float(task.get("score_threshold", 0.3))
+            most = int(task.get("max_detections", 100))
+        except (TypeError, ValueError):
+            raise ServingError(f"{what} has a malformed task in version.json: {task}") from None
+        if len(input_shape) != 3 or outputs.ndim != 4 or outputs.shape[1] != num_classes + 4:
+            raise ServingError(
+                f"{what} is recorded as a detector of {num_classes} classes (output map "
+                f"[n, {num_classes + 4}, h, w] from (C, H, W) images), but maps "
+                f"{list(input_shape)} to {list(outputs.shape[1:])}"
+            )
+        if score_threshold is not None:
+            threshold = score_threshold
+        if max_detections is not None:
+            most = max_detections
+        if not (isinstance(threshold, int | float) and 0 <= threshold <= 1):  # NaN too
+            raise ConfigError(f"score_threshold must lie in [0, 1], got {threshold}")
+        if isinstance(most, bool) or not isinstance(most, int | float) or not 1 <= most < math.inf:
+            raise ConfigError(f"max_detections must be an integer >= 1, got {most}")
+        if int(most) != most:
+            raise ConfigError(f"max_detections must be an integer >= 1, got {most}")
+        image_size = (int(input_shape[1]), int(input_shape[2]))
+        rows = decode_detections(
+            outputs,
+            num_classes=num_classes,
+            image_size=image_size,
+            score_threshold=threshold,
+            max_detections=int(most),
+        )
+        names = task.get("categories")
+        valid = (
+            isinstance(names, list)
+            and len(names) == num_classes
+            and all(isinstance(n, str) for n in names)
+        )
+        return Detections(
+            rows=rows,
+            image_size=image_size,
+            categories=tuple(names) if valid else None,
+            score_threshold=threshold,
+            max_detections=int(most),
+            model=self.model,
+            version=version,
         )
 
     def send(self, x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
@@ -481,9 +615,23 @@ def _array(values: Any, what: str, path: Path) -> np.ndarray:
     return array
 
 
-def load_inputs(path: Path) -> np.ndarray:
-    """Examples from a file: ``.json`` (``{"instances": [...]}`` or a list), ``.npy``, or
-    ``.npz`` (array ``x``)."""
+def load_inputs(path: Path, input_shape: tuple[int, ...] | None = None) -> np.ndarray:
+    """Examples from a file: ``.json`` (``{"instances": [...]}`` or a list), ``.npy``,
+    ``.npz`` (array ``x``), or an image (``.png``, ``.jpg``, ``.jpeg``; one example, read
+    by :func:`load_image`).
+
+    ``input_shape``, the model's ``(C, H, W)``, is what an image must have (an array is
+    checked by :meth:`EdgeApp.predict`, which also takes flat rows): a :class:`DataError`
+    names both shapes otherwise.
+    """
+    path = Path(path)
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        image = load_image(path)
+        if input_shape is not None:
+            check_image(path, image, input_shape)
+        return image[None]
+    if path.suffix not in (".json", ".npy", ".npz"):
+        raise DataError(f"{path}: use a .json, .npy, .npz, .png or .jpg file")
     data = _read(path)
     if isinstance(data, dict):
         data = data.get("npz:x", data.get("instances"))

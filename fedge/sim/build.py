@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from fedge.config import (
@@ -167,4 +168,4 @@ def detector_spec(
             f"{list(spec.input_shape)} images, {name} has {train.num_classes} classes in "
             f"{list(train.input_shape)} images"
         )
-    return spec, task
+    return spec, replace(task, categories=tuple(train.categories))

@@ -38,8 +38,9 @@ def task_from_dict(data: dict[str, Any]) -> Any:
         if kind == "detection":
             from fedge.tasks.detection import Detection
 
-            if "image_size" in options:
-                options["image_size"] = tuple(options["image_size"])
+            for key in ("image_size", "categories"):
+                if isinstance(options.get(key), list):
+                    options[key] = tuple(options[key])
             return Detection(**options)
     except TypeError as exc:
         raise ConfigError(f"invalid {kind} task description {data!r}: {exc}") from None

@@ -45,6 +45,9 @@ class Detection:
         their own.
     max_detections:
         Default maximum detections per image (default 100, COCO's).
+    categories:
+        Names of the classes, in class-index order (optional): the edge app prints and
+        draws them.
     """
 
     num_classes: int
@@ -52,6 +55,7 @@ class Detection:
     stride: int = 4
     score_threshold: float = 0.3
     max_detections: int = 100
+    categories: tuple[str, ...] | None = None
     kind: ClassVar[str] = "detection"
     headline_metric: ClassVar[str] = "map50"
 
@@ -67,6 +71,10 @@ class Detection:
             raise ConfigError(f"score threshold must be in [0, 1], got {self.score_threshold}")
         if self.max_detections < 1:
             raise ConfigError(f"max detections must be >= 1, got {self.max_detections}")
+        if self.categories is not None and len(self.categories) != self.num_classes:
+            raise ConfigError(
+                f"{len(self.categories)} category names for {self.num_classes} classes"
+            )
 
     @classmethod
     def from_spec(cls, spec: ModelSpec, **options: Any) -> Detection:
@@ -202,4 +210,5 @@ class Detection:
             "stride": self.stride,
             "score_threshold": self.score_threshold,
             "max_detections": self.max_detections,
+            **({} if self.categories is None else {"categories": list(self.categories)}),
         }

@@ -25,7 +25,7 @@ from fedge.central.storage import LocalStore
 from fedge.central.tokens import TokenStore
 from fedge.central.train_config import parse_train_config
 from fedge.cli.main import app
-from fedge.data.canvases import CanvasConfig, fashion_mnist_canvases
+from fedge.data.canvases import FASHION_MNIST_CLASSES, CanvasConfig, fashion_mnist_canvases
 from fedge.data.detection import ANNOTATIONS_FILE, write_coco
 from fedge.errors import ConfigError, DataError
 from fedge.models.spec import build_model, load_spec
@@ -184,7 +184,7 @@ def test_a_data_section_of_canvases_trains_the_centernet_preset(tmp_path):
     data = {"name": "canvases", "num_train": 8, "num_test": 4, "size": SIZE}
     config = {"data": data, "model": {"preset": "centernet"}, "train": {"batch_size": 4}}
     job = prepare_job(parse_train_config(config))
-    assert job.the_task == Detection(10, (SIZE, SIZE), stride=4)
+    assert job.the_task == Detection(10, (SIZE, SIZE), stride=4, categories=FASHION_MNIST_CLASSES)
     assert (job.x_train.shape, job.y_test.shape[0]) == ((8, 1, SIZE, SIZE), 4)
     config["model"] = {"preset": "lenet"}
     with pytest.raises(ConfigError, match=r"canvases is detection data: use model\.preset"):
@@ -216,7 +216,7 @@ def test_fedge_train_reports_map(store, tmp_path):
 
 def test_a_detection_job_records_map_per_epoch_and_its_task(trained):
     job, result, version = trained
-    assert job.the_task == Detection(10, (SIZE, SIZE), stride=4)
+    assert job.the_task == Detection(10, (SIZE, SIZE), stride=4, categories=FASHION_MNIST_CLASSES)
     history = [json.loads(line) for line in (result.out / "metrics.jsonl").read_text().splitlines()]
     assert {"test_loss", "test_map", "test_map50"} <= set(history[0])
     assert "test_accuracy" not in history[0]

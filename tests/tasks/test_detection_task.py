@@ -1,5 +1,7 @@
 """The detection task: spec checks, initial weights, loss, evaluation and responses."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -141,6 +143,11 @@ def test_respond_gives_rows_per_image_without_torch_types():
 def test_tasks_round_trip_through_their_description():
     task = Detection(3, (32, 48), score_threshold=0.4)
     assert task_from_dict(task.to_dict()) == task
+    named = Detection(3, (32, 48), categories=("cat", "dog", "bird"))
+    assert named.to_dict()["categories"] == ["cat", "dog", "bird"]
+    assert task_from_dict(json.loads(json.dumps(named.to_dict()))) == named
+    with pytest.raises(ConfigError, match="2 category names for 3 classes"):
+        Detection(3, (32, 48), categories=("cat", "dog"))
     with pytest.raises(ConfigError, match="unknown task kind"):
         task_from_dict({"kind": "segmentation"})
     with pytest.raises(ConfigError, match="invalid detection task"):
