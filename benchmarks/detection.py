@@ -34,7 +34,7 @@ Centralized vs federated (``--federated``): after the centralized run, the same 
 (same seed, same held-out set: checked by fingerprint) are split among ``--clients``
 clients by a Dirichlet(``--beta``) partition of each canvas's dominant class, and FedAvg
 trains the same preset with ``fedge simulate``'s sequential engine: full participation,
-``--local-epochs`` epochs of local SGD (momentum 0.9, ``--fed-lr``, batch ``--batch-size``,
+``--local-epochs`` epochs of local SGD (momentum 0.9, ``--fed-lr``, batch ``--fed-batch-size``,
 weight decay ``--weight-decay``, no flips, constant rate) per round, for ``--epochs /
 --local-epochs`` rounds, so both see the data the same number of epochs. Its training
 time excludes the evaluations, as the centralized one does.
@@ -276,7 +276,7 @@ def federated(args: argparse.Namespace, test: Any) -> dict[str, Any]:
             "model": {"preset": "centernet"},
             "client": {
                 "epochs": args.local_epochs,
-                "batch_size": args.batch_size,
+                "batch_size": args.fed_batch_size,
                 "lr": args.fed_lr,
                 "momentum": 0.9,
                 "weight_decay": args.weight_decay,
@@ -294,7 +294,7 @@ def federated(args: argparse.Namespace, test: Any) -> dict[str, Any]:
     print(
         f"federated: {args.clients} clients (Dirichlet β={args.beta} by dominant class, "
         f"{sizes.min()}-{sizes.max()} canvases), {rounds} rounds × {args.local_epochs} local "
-        f"epochs, SGD lr {args.fed_lr:g} momentum 0.9",
+        f"epochs, SGD lr {args.fed_lr:g} momentum 0.9 batch {args.fed_batch_size}",
         flush=True,
     )
     evaluating = 0.0
@@ -365,7 +365,8 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=10, help="federated clients")
     parser.add_argument("--beta", type=float, default=0.5, help="Dirichlet concentration")
     parser.add_argument("--local-epochs", type=int, default=2, help="local epochs per round")
-    parser.add_argument("--fed-lr", type=float, default=0.05, help="local SGD learning rate")
+    parser.add_argument("--fed-lr", type=float, default=0.02, help="local SGD learning rate")
+    parser.add_argument("--fed-batch-size", type=int, default=8, help="local batch size")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -106,6 +106,15 @@ SHORTER: dict[str, str] = {
     "fedge compare examples/compare_fmnist.toml --out runs/compare-fmnist": (
         "--set budget.epochs=1 --set model.preset=logreg"
     ),
+    "fedge data upload canv --set data.name=canvases --set data.num_train=1000 "
+    "--set data.num_test=100 --set data.size=64 --set data.max_items=3": (
+        "--set data.num_train=200 --set data.num_test=20"
+    ),
+    "fedge train detector.toml --out runs/det --register detector": "--set train.epochs=1",
+    "fedge simulate examples/canvases_fedavg.toml --out runs/det-fl": (
+        "--set rounds=1 --set data.num_train=90 --set data.num_test=10 "
+        "--set partition.num_clients=3"
+    ),
 }
 
 #: Commands parsed by the CLI but not run, and why.

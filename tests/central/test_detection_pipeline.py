@@ -5,11 +5,12 @@ ONNX export's decoded detections, and `fedge serve`'s /predict and v2 answers.
 The point is the plumbing, not accuracy: a tiny detector on a few 32×32 canvases, 1 epoch.
 """
 
+import asyncio
 import io
 import json
 import re
 import zipfile
-from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -35,18 +36,7 @@ from fedge.tasks.responses import decode_detections
 runner = CliRunner()
 SIZE = 32
 # Input 1×32×32 → output (10 + 4)×8×8: stride 4, as the centernet preset but tiny.
-SPEC = {
-    "name": "tiny-centernet",
-    "input_shape": [1, SIZE, SIZE],
-    "layers": [
-        {"type": "conv2d", "filters": 8, "kernel_size": 3, "stride": 2, "padding": 1},
-        {"type": "groupnorm", "groups": 2},
-        {"type": "relu"},
-        {"type": "conv2d", "filters": 8, "kernel_size": 3, "stride": 2, "padding": 1},
-        {"type": "relu"},
-        {"type": "conv2d", "filters": 14, "kernel_size": 1},
-    ],
-}
+SPEC = json.loads((Path(__file__).parents[1] / "fixtures" / "tiny_centernet.json").read_text())
 
 
 @pytest.fixture(scope="module")
@@ -384,16 +374,32 @@ def test_concurrent_predictions_are_batched_and_decoded_per_request(url, store, 
         score_threshold=0.01, max_detections=4,
     )  # fmt: skip
 
-    def ask(i):
-        body = {"instances": x[i : i + 1].tolist(), "score_threshold": 0.01, "max_detections": 4}
-        r = httpx.post(f"{url}/predict", json=body, timeout=30)
-        return r.json()["prediction"][0], int(r.headers["X-Batch-Rows"])
+    async def burst():
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            return await asyncio.gather(
+                *(
+                    client.post(
+                        "/predict",
+                        json={
+                            "instances": x[i : i + 1].tolist(),
+                            "score_threshold": 0.01,
+                            "max_detections": 4,
+                        },
+                    )
+                    for i in range(16)
+                )
+            )
 
-    with ThreadPoolExecutor(16) as pool:
-        answers = list(pool.map(ask, range(16)))
-    for (rows, _), want in zip(answers, expected, strict=True):
-        np.testing.assert_allclose(np.asarray(rows).reshape(-1, 6), want, atol=1e-5)
-    assert max(rows for _, rows in answers) > 1  # some requests shared an onnxruntime call
+    shared = 0
+    for _ in range(3):  # on a loaded machine a burst may trickle in one by one
+        responses = asyncio.run(burst())
+        for r, want in zip(responses, expected, strict=True):
+            rows = np.asarray(r.json()["prediction"][0]).reshape(-1, 6)
+            np.testing.assert_allclose(rows, want, atol=1e-5)
+        shared = max(int(r.headers["X-Batch-Rows"]) for r in responses)
+        if shared > 1:
+            break
+    assert shared > 1  # some requests shared an onnxruntime call
 
 
 def test_v2_infer_returns_the_output_map_and_detections(url, store, trained, canvases):

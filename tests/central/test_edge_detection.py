@@ -11,6 +11,7 @@ import re
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -32,19 +33,8 @@ from fedge.errors import ConfigError, DataError
 
 runner = CliRunner()
 SIZE = 32
-# Input 1×32×32 → output (10 + 4)×8×8 at stride 4 (test_detection_pipeline.py's spec).
-SPEC = {
-    "name": "tiny-centernet",
-    "input_shape": [1, SIZE, SIZE],
-    "layers": [
-        {"type": "conv2d", "filters": 8, "kernel_size": 3, "stride": 2, "padding": 1},
-        {"type": "groupnorm", "groups": 2},
-        {"type": "relu"},
-        {"type": "conv2d", "filters": 8, "kernel_size": 3, "stride": 2, "padding": 1},
-        {"type": "relu"},
-        {"type": "conv2d", "filters": 14, "kernel_size": 1},
-    ],
-}
+# Input 1×32×32 → output (10 + 4)×8×8: stride 4, as the centernet preset but tiny.
+SPEC = json.loads((Path(__file__).parents[1] / "fixtures" / "tiny_centernet.json").read_text())
 # Low enough that the briefly trained model finds a few boxes per canvas.
 OPTIONS = {"score_threshold": 0.05, "max_detections": 3}
 FLAGS = ["--score-threshold", "0.05", "--max-detections", "3"]

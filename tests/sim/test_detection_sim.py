@@ -7,6 +7,7 @@ accuracy (that is benchmarks/detection.py).
 """
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,18 +27,7 @@ from fedge.sim.experiment import prepare, run
 
 SIZE = 32
 # Input 1×32×32 → output (10 + 4)×8×8: stride 4, as the centernet preset but tiny.
-SPEC = {
-    "name": "tiny-centernet",
-    "input_shape": [1, SIZE, SIZE],
-    "layers": [
-        {"type": "conv2d", "filters": 8, "kernel_size": 3, "stride": 2, "padding": 1},
-        {"type": "groupnorm", "groups": 2},
-        {"type": "relu"},
-        {"type": "conv2d", "filters": 8, "kernel_size": 3, "stride": 2, "padding": 1},
-        {"type": "relu"},
-        {"type": "conv2d", "filters": 14, "kernel_size": 1},
-    ],
-}
+SPEC = json.loads((Path(__file__).parents[1] / "fixtures" / "tiny_centernet.json").read_text())
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +98,8 @@ def test_a_fedavg_round_of_detection_is_the_weighted_mean_of_plain_sgd(spec_file
         for _ in range(2):
             out = torch.func.functional_call(model, w, (x,))
             grads = torch.autograd.grad(task.loss(out, task.collate(y)), list(w.values()))
-            w = {k: (v - 0.1 * g).detach().requires_grad_() for (k, v), g in zip(w.items(), grads)}
+            stepped = zip(w.items(), grads, strict=True)
+            w = {k: (v - 0.1 * g).detach().requires_grad_() for (k, v), g in stepped}
         for k in total:
             total[k] += len(rows) * w[k].detach().double()
         sizes.append(len(rows))
