@@ -18,13 +18,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import torch
 
 from fedge.central.npfile import read_npz as load_npz
-from fedge.data.dataset import ArrayDataset, FederatedData
 from fedge.errors import DataError
 
 if TYPE_CHECKING:
+    from fedge.data.dataset import FederatedData
     from fedge.data.detection import DetectionDataset
 
 __all__ = ["DatasetArrays", "check_boxes", "check_split", "read_npz", "write_npz"]
@@ -85,6 +84,8 @@ class DatasetArrays:
     def to_detection(self) -> tuple[DetectionDataset, DetectionDataset | None]:
         """Detection data as training and test :class:`DetectionDataset` (``None`` without a
         test split)."""
+        import torch
+
         from fedge.data.detection import DetectionDataset
 
         if self.task != "detection":
@@ -104,6 +105,10 @@ class DatasetArrays:
     def to_data(self, name: str) -> FederatedData:
         """As a :class:`FederatedData` (no natural partition); an absent test split is
         empty."""
+        import torch  # the store itself (and so serving) needs no torch
+
+        from fedge.data.dataset import ArrayDataset, FederatedData
+
         x_test = self.x_test if self.x_test is not None else self.x[:0]
         y_test = self.y_test if self.y_test is not None else self.y[:0]
         return FederatedData(

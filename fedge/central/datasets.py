@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, ValidationError
@@ -51,8 +51,10 @@ from fedge.central.versions import (
     parse_version,
     version_numbers,
 )
-from fedge.data.dataset import FederatedData
 from fedge.errors import DataError, ObjectNotFound, StorageError
+
+if TYPE_CHECKING:
+    from fedge.data.dataset import FederatedData
 
 __all__ = [
     "DatasetArrays",

@@ -30,6 +30,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from fedge.central.registry import ONNX_FILE
 from fedge.central.weights import load_model, params_to_bytes
 from fedge.errors import ExportError
 from fedge.models.spec import ModelSpec
@@ -48,7 +49,6 @@ __all__ = [
 OPSET = 18
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
-ONNX_FILE = "model.onnx"
 BUNDLE_FILES = (ONNX_FILE, "model.safetensors", "model.json")
 
 

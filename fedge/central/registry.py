@@ -36,7 +36,6 @@ from fedge.central.versions import (
     parse_version,
     version_numbers,
 )
-from fedge.central.weights import check_params, params_from_bytes
 from fedge.errors import ModelNotFound, ObjectNotFound, RegistryError, StorageError
 from fedge.models.spec import ModelSpec, load_spec
 
@@ -44,6 +43,7 @@ __all__ = ["LATEST", "FileRef", "ModelRegistry", "ModelVersion", "check_alias"]
 
 LATEST = "latest"
 WEIGHTS_FILE = "model.safetensors"
+ONNX_FILE = "model.onnx"
 SPEC_FILE = "model.json"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 _FILE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
@@ -197,6 +197,8 @@ class ModelRegistry:
             spec = load_spec(json.loads(files[SPEC_FILE]))
         except (json.JSONDecodeError, UnicodeDecodeError, TypeError) as exc:
             raise RegistryError(f"{SPEC_FILE} of {name!r} is not JSON: {exc}") from None
+        from fedge.central.weights import check_params, params_from_bytes  # torch: not to serve
+
         check_params(spec, params_from_bytes(files[WEIGHTS_FILE]))
         metrics_data = _json_object(metrics, "metrics") or {}
         config_data = _json_object(config, "config")

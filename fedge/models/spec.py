@@ -54,12 +54,14 @@ import math
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, StrictInt, ValidationError
 
 from fedge.errors import ModelSpecError
+
+if TYPE_CHECKING:  # torch loads when a model is built: reading a spec (serving) needs none
+    import torch
 
 __all__ = [
     "ModelSpec",
@@ -197,6 +199,8 @@ def _infer(layer: Any, shape: tuple[int, ...], where: str) -> tuple[int, ...]:
 
 
 def _module(layer: Any, in_shape: tuple[int, ...]) -> torch.nn.Module:
+    import torch
+
     if isinstance(layer, Conv2d):
         return torch.nn.Conv2d(
             in_shape[0], layer.filters, layer.kernel_size, layer.stride, layer.pad()
@@ -220,6 +224,8 @@ def build_model(spec: ModelSpec, *, seed: int = 0) -> torch.nn.Sequential:
     The initial weights depend only on ``seed``; the global torch RNG is left untouched.
     """
     shapes = [tuple(spec.input_shape), *spec.output_shapes()]
+    import torch
+
     modules: OrderedDict[str, torch.nn.Module] = OrderedDict()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -238,6 +244,8 @@ def fast_layout(model: torch.nn.Module) -> torch.nn.Module:
     torch.contiguous_format)`` (as :func:`fedge.fl.local.get_params` does) before saving
     or flattening them. Models without convolutions are left as they are.
     """
+    import torch
+
     if any(isinstance(m, torch.nn.Conv2d) for m in model.modules()):
         model.to(memory_format=torch.channels_last)
     return model

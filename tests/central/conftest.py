@@ -126,12 +126,30 @@ def free_port():
         return s.getsockname()[1]
 
 
+#: ``fedge serve`` with PyTorch made unimportable: the server answers with onnxruntime and
+#: NumPy only, so a serving machine needs no torch (and starts without loading it).
+WITHOUT_TORCH = """
+import importlib.abc, sys
+
+class NoTorch(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError("fedge serve must not import torch (" + name + ")")
+
+sys.meta_path.insert(0, NoTorch())
+from fedge.cli.main import app
+app(prog_name="fedge")
+"""
+
+
 @contextlib.contextmanager
 def running_server(store_dir, *args, log):
-    """`fedge serve --port 0` on a store, as a subprocess; yields its URL once ready."""
+    """`fedge serve --port 0` on a store, as a subprocess without PyTorch
+    (:data:`WITHOUT_TORCH`); yields its URL once ready."""
     with log.open("w") as err:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "fedge", "serve", "--port", "0", "--store", str(store_dir)]
+            [sys.executable, "-c", WITHOUT_TORCH, "serve", "--port", "0"]
+            + ["--store", str(store_dir)]
             + [str(a) for a in args],
             stdout=subprocess.PIPE,
             stderr=err,

@@ -43,8 +43,14 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from fedge.central.export import ONNX_FILE
-from fedge.central.registry import LATEST, SPEC_FILE, ModelRegistry, ModelVersion, check_alias
+from fedge.central.registry import (
+    LATEST,
+    ONNX_FILE,
+    SPEC_FILE,
+    ModelRegistry,
+    ModelVersion,
+    check_alias,
+)
 from fedge.central.serving.batcher import MicroBatcher
 from fedge.central.versions import parse_version
 from fedge.errors import FedgeError, ModelNotFound, RegistryError, RequestRejected
