@@ -319,9 +319,10 @@ def privacy_plan(
     from fedge.privacy.plan import distributed_report, plan_report, secagg_report
 
     resolved = delta if delta is not None else default_delta(max(clients, 1))
+    secagg = secagg_report(per_round, dropout, corrupt)  # refuses bad fractions at once
     for line in plan_report(clients, per_round, rounds, epsilon, resolved):
         console.print(line, soft_wrap=True, markup=False)
-    console.print(secagg_report(per_round, dropout, corrupt), soft_wrap=True, markup=False)
+    console.print(secagg, soft_wrap=True, markup=False)
     if params is not None:
         lines = distributed_report(
             clients,
