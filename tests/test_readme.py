@@ -25,7 +25,7 @@ def _commands():
 def test_readme_has_exactly_two_setup_commands():
     demo, tests = _commands()
     assert "fedge simulate examples/fmnist_demo.toml" in demo
-    assert tests.endswith("python -m pytest")
+    assert tests.endswith("python -m pytest && python -m pytest -m readme --dist load")
 
 
 def test_ci_runs_the_readme_test_command():

@@ -375,6 +375,7 @@ def _wait_for(condition: Callable[[], bool], log: Path, seconds: float = 60) -> 
 RUN = [b for b in BLOCKS if any(c not in PARSED_ONLY and c not in SETUP for c in b)]
 
 
+@pytest.mark.readme
 @pytest.mark.parametrize("block", RUN, ids=[b[0].split("\n")[0][:60] for b in RUN])
 def test_readme_block_runs(block, tmp_path, monkeypatch):
     """The block's commands, in order, in a fresh folder with fedge's examples."""
@@ -390,6 +391,7 @@ def test_readme_block_runs(block, tmp_path, monkeypatch):
         shell.close()
 
 
+@pytest.mark.readme
 def test_the_demo_runs_after_the_install(tmp_path, monkeypatch):
     """The install line ends with the demo, a fedge command."""
     (tmp_path / "examples").symlink_to(ROOT / "examples")

@@ -44,7 +44,7 @@ STRATEGIES = [
 @pytest.mark.parametrize("strategy", STRATEGIES, ids=lambda s: s["name"])
 def test_same_seed_same_model_as_the_sequential_engine(ray_runtime, digits, strategy):
     common = {
-        "rounds": 3,
+        "rounds": 2,
         "strategy": strategy,
         "client": {"epochs": 2, "batch_size": 16, "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-3},
         "system": {"stragglers": 0.25, "policy": "partial"},
