@@ -2,6 +2,7 @@
 credentials on writes, the OpenAPI document, broken models, slow and vanishing clients."""
 
 import json
+import re
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -279,6 +280,21 @@ def test_unfinished_headers_are_timed_out(served):
     assert "no complete request headers within 1 s" in log.read_text()
 
 
+def read_response(sock: socket.socket) -> bytes:
+    """One whole HTTP response from ``sock``: headers and body may come in separate
+    segments, so read until the body has its ``content-length`` (or the socket closes)."""
+    answer = b""
+    while True:
+        head, sep, body = answer.partition(b"\r\n\r\n")
+        length = re.search(rb"content-length: (\d+)", head, re.I)
+        if sep and length and len(body) >= int(length.group(1)):
+            return answer
+        chunk = sock.recv(4096)
+        if not chunk:
+            return answer
+        answer += chunk
+
+
 def test_a_half_sent_body_gets_408_and_the_server_answers_others_meanwhile(served):
     url, _, _ = served
     host, port = url.removeprefix("http://").split(":")
@@ -288,7 +304,7 @@ def test_a_half_sent_body_gets_408_and_the_server_answers_others_meanwhile(serve
             b'Content-Length: 1000\r\n\r\n{"instances": ['
         )
         assert httpx.get(f"{url}/v2/health/live").status_code == 200
-        answer = sock.recv(4096)
+        answer = read_response(sock)
     assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
     assert b"did not arrive within 1 s" in answer
 
