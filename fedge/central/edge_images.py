@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from fedge.errors import DataError
+from fedge.images import read_image
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -34,30 +35,8 @@ def load_image(path: Path) -> np.ndarray:
     """An 8-bit grayscale (L) or RGB image file as float32 ``(C, H, W)``, pixels divided by
     255 into [0, 1]: how :func:`fedge.data.detection.load_coco` turns training images into
     tensors. Other modes (alpha, palette, 16-bit, CMYK) are refused, as in training."""
-    from PIL import Image, UnidentifiedImageError
-
-    path = Path(path)
-    try:
-        with Image.open(path) as image:
-            image.load()
-            mode = image.mode
-            array = np.asarray(image)
-    except FileNotFoundError:
-        raise DataError(f"file not found: {path}") from None
-    except (
-        OSError,
-        UnidentifiedImageError,
-        SyntaxError,
-        ValueError,
-        Image.DecompressionBombError,
-    ) as exc:
-        raise DataError(f"{path} is corrupt or not an image: {one_line(exc)}") from None
-    if mode not in ("L", "RGB"):
-        raise DataError(
-            f"{path} has mode {mode!r}: use 8-bit grayscale (L) or RGB images, as for training"
-        )
-    array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
-    return array.astype(np.float32) / 255.0
+    pixels = read_image(path, str(path))
+    return pixels.astype(np.float32) / 255.0
 
 
 def check_image(path: Path, image: np.ndarray, input_shape: Sequence[int]) -> None:

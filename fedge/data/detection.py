@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from fedge.errors import DataError
+from fedge.images import read_image
 
 __all__ = [
     "ANNOTATIONS_FILE",
@@ -51,7 +52,6 @@ IMAGES_DIR = "images"
 # Labelling tools round box corners outward; a box may overhang the image by this many
 # pixels and is clipped to it. More than that is an error in the annotations.
 EDGE_TOLERANCE = 1.0
-_CHANNELS = {"L": 1, "RGB": 3}
 
 
 @dataclass(frozen=True)
@@ -167,34 +167,15 @@ def _unique(records: list, key: str, path: Path) -> dict[int, dict]:
 
 def _read_image(path: Path, record: dict) -> np.ndarray:
     """The image as uint8 ``(C, H, W)``, checked against its record."""
-    from PIL import Image, UnidentifiedImageError
-
     name = record["file_name"]
-    try:
-        with Image.open(path) as image:
-            image.load()
-            mode, size = image.mode, image.size
-            array = np.asarray(image)
-    except FileNotFoundError:
-        raise DataError(f"image {name!r} not found at {path}") from None
-    except (
-        OSError,
-        UnidentifiedImageError,
-        SyntaxError,
-        ValueError,
-        Image.DecompressionBombError,
-    ) as exc:
-        raise DataError(f"image {name!r} is corrupt or not an image: {exc}") from None
-    if mode not in _CHANNELS:
-        raise DataError(
-            f"image {name!r} has mode {mode!r}: save images as 8-bit grayscale (L) or RGB"
-        )
+    array = read_image(path, f"image {name!r}")
+    size = (array.shape[2], array.shape[1])
     if size != (record["width"], record["height"]):
         raise DataError(
             f"image {name!r} is {size[0]}x{size[1]} pixels but the annotation file says "
             f"{record['width']}x{record['height']}"
         )
-    return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+    return array
 
 
 def load_coco(
