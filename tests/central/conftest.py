@@ -126,20 +126,27 @@ def free_port():
         return s.getsockname()[1]
 
 
-#: ``fedge serve`` with PyTorch made unimportable: the server answers with onnxruntime and
-#: NumPy only, so a serving machine needs no torch (and starts without loading it).
+#: A fedge command with PyTorch made unimportable: ``fedge serve`` answers with onnxruntime
+#: and NumPy only, and the edge app runs on devices without torch.
 WITHOUT_TORCH = """
 import importlib.abc, sys
 
 class NoTorch(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path, target=None):
         if name == "torch" or name.startswith("torch."):
-            raise ImportError("fedge serve must not import torch (" + name + ")")
+            raise ImportError("this fedge command must not import torch (" + name + ")")
 
 sys.meta_path.insert(0, NoTorch())
 from fedge.cli.main import app
 app(prog_name="fedge")
 """
+
+
+@pytest.fixture(scope="session")
+def without_torch():
+    """:data:`WITHOUT_TORCH`: ``[sys.executable, "-c", without_torch, *fedge_args]`` runs
+    a fedge command in a fresh interpreter where importing torch fails."""
+    return WITHOUT_TORCH
 
 
 @contextlib.contextmanager
