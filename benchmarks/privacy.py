@@ -422,7 +422,11 @@ def _utility_line(row: dict, wide: bool) -> str:
         f"{row['clients']:>6} {row['per_round']:>5} "
         + (f"{row['placement']:>11} " if wide else "")
         + f"{row['epsilon']:>5g} {row['noise_multiplier']:>7.3f} "
-        f"{reached if reached is not None else float('inf'):>9.3f} "
+        + (  # no ledger: ∞ (no DP) or nothing reached (a diverged run)
+            f"{'—':>9} "
+            if reached is None and accuracy is None
+            else f"{reached if reached is not None else float('inf'):>9.3f} "
+        )
         + (f"{'—' if sigma is None else f'{sigma:.4f}':>8} " if wide else "")
         + f"{'diverged' if accuracy is None else f'{accuracy:.2%}':>8} "
         f"{'' if mean is None else f'{mean:.2%}':>8} {row['seconds']:>7.0f}"
