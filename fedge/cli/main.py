@@ -227,14 +227,20 @@ def describe(
     plot: Annotated[Path | None, typer.Option(help="Save a per-client label plot (PNG).")] = None,
     max_rows: Annotated[int, typer.Option(help="Clients shown in the table.")] = 20,
 ) -> None:
-    """Print per-client sample counts and label histograms of a partitioned dataset.
+    """Print per-client sample counts and label histograms of a partitioned dataset
+    (detection data: each image's dominant class, the one its partition splits by).
 
     Example: fedge data describe --set data.name=digits --set partition.scheme=dirichlet
     --set partition.num_clients=10
     """
-    from fedge.config import apply_overrides, parse_section, read_toml
+    from fedge.config import CanvasesData, CocoData, apply_overrides, parse_section, read_toml
     from fedge.data.describe import describe_partition, plot_partition, stats_table
-    from fedge.data.load import load_data, partition_data
+    from fedge.data.load import (
+        load_data,
+        load_federated_detection,
+        partition_data,
+        partition_labels,
+    )
 
     raw = apply_overrides(read_toml(config) if config is not None else {}, overrides or [])
     if "data" not in raw:
@@ -244,9 +250,12 @@ def describe(
     seed = raw.get("seed", 0)
     if not isinstance(seed, int):
         raise ConfigError(f"seed must be an integer, got {seed!r}")
-    data = load_data(data_cfg, seed=seed)
+    if isinstance(data_cfg, CanvasesData | CocoData):
+        data = load_federated_detection(data_cfg, seed=seed)
+    else:
+        data = load_data(data_cfg, seed=seed)
     partition = partition_data(data, part_cfg, seed=seed)
-    stats = describe_partition(partition, data.train.y.numpy(), data.num_classes)
+    stats = describe_partition(partition, *partition_labels(data))
     console.print(stats_table(stats, max_rows=max_rows, client_ids=data.client_ids))
     if plot is not None:
         plot_partition(stats, plot, title=f"{data.name}: {len(partition)} clients")

@@ -26,7 +26,13 @@ from fedge.errors import ConfigError
 if TYPE_CHECKING:
     from fedge.data.detection import DetectionDataset
 
-__all__ = ["load_data", "load_detection_data", "load_federated_detection", "partition_data"]
+__all__ = [
+    "load_data",
+    "load_detection_data",
+    "load_federated_detection",
+    "partition_data",
+    "partition_labels",
+]
 
 #: Share of a detection source's images held out for testing when it has no test split
 #: (``fedge train`` holds out the same rows: see :func:`fedge.data.holdout.held_out_rows`).

@@ -194,3 +194,17 @@ def test_client_evaluation_of_a_detector_is_map_on_the_cohorts_images(spec_file)
     m = history[0]
     assert 0 <= m["client_eval_map"] <= m["client_eval_map50"] <= 1
     assert np.isfinite(m["client_eval_loss"])
+
+
+def test_data_describe_shows_the_dominant_classes_a_partition_splits(tmp_path):
+    sets = ["data.name=canvases", "data.num_train=40", "data.num_test=4", f"data.size={SIZE}"]
+    sets += ["partition.scheme=label_k", "partition.num_clients=4", "partition.k=1"]
+    args = ["data", "describe", "--plot", str(tmp_path / "p.png")]
+    result = CliRunner().invoke(app, [*args, *(f"--set={s}" for s in sets)])
+    assert result.exit_code == 0, result.output
+    rows = [line.split("│")[1:-1] for line in result.output.splitlines() if line.startswith("│")]
+    assert len(rows) == 4
+    for cells in rows:  # client, rows, labels, then one count per class
+        counts = [int(c) for c in cells[3:]]
+        assert int(cells[2]) == 1 and sum(counts) == int(cells[1]) and len(counts) == 10
+    assert (tmp_path / "p.png").stat().st_size > 0
