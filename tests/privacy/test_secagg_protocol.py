@@ -23,6 +23,7 @@ from fedge.privacy.secagg import (
 from fedge.privacy.secagg.crypto import (
     FIELD_PRIME,
     associated_data,
+    mask_stream,
     open_sealed,
     seal,
     shamir_combine,
@@ -107,6 +108,19 @@ def test_sealed_messages_are_bound_to_their_associated_data():
     ):
         with pytest.raises(SecAggRefused, match="authentication failed"):
             open_sealed(key, sealed, other, "test")
+
+
+def test_masks_are_the_aes_256_ctr_keystream_from_a_zero_counter():
+    # Built independently: AES-256 of the big-endian counter blocks 0, 1, 2, … (ECB, one
+    # block at a time), which the browser client's WebCrypto AES-CTR must reproduce too.
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    seed = bytes(range(100, 132))
+    block = Cipher(algorithms.AES(seed), modes.ECB()).encryptor()
+    stream = b"".join(block.update(i.to_bytes(16, "big")) for i in range(5))
+    assert mask_stream(seed, 20, np.uint32).tolist() == np.frombuffer(stream, "<u4").tolist()
+    assert mask_stream(seed, 10, np.uint64).tolist() == np.frombuffer(stream, "<u8").tolist()
+    assert mask_stream(bytes(32), 4, np.uint32).tolist() != mask_stream(seed, 4, np.uint32).tolist()
 
 
 # --- the protocol under every dropout set -----------------------------------------------

@@ -1,7 +1,7 @@
 """Secure aggregation, SecAgg+: the server learns the sum of a cohort's updates and
 nothing about any one of them.
 
-* :mod:`~fedge.privacy.secagg.crypto` — X25519, HKDF, AES-GCM, ChaCha20 masks, Shamir.
+* :mod:`~fedge.privacy.secagg.crypto` — X25519, HKDF, AES-GCM, AES-CTR masks, Shamir.
 * :mod:`~fedge.privacy.secagg.params` — the graph degree k and threshold t for a cohort.
 * :mod:`~fedge.privacy.secagg.protocol` — the client and server state machines.
 * :mod:`~fedge.privacy.secagg.encoding` — clipping and stochastic quantization.

@@ -7,8 +7,11 @@
   binds the round context, the stage, the sender and the receiver, so that a ciphertext
   replayed from another round, redirected to another client or presented at another stage
   fails authentication.
-* Masks: the ChaCha20 keystream of a 256-bit seed, read as little-endian unsigned
-  integers. Never a general-purpose RNG: a mask must be unpredictable without its seed.
+* Masks: the AES-256-CTR keystream of a 256-bit seed (the seed is the key, the initial
+  counter block is zero and the whole 128-bit block counts), read as little-endian
+  unsigned integers. Never a general-purpose RNG: a mask must be unpredictable without its
+  seed. AES-CTR rather than ChaCha20 because every party has it in hardware-backed form:
+  ``cryptography`` here, WebCrypto in the browser client, which has no ChaCha20.
 * Shamir secret sharing over the prime field GF(2^255 − 19): secrets are drawn below the
   prime, so a 32-byte X25519 private key or mask seed is one field element.
 """
@@ -24,7 +27,7 @@ import numpy as np
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
@@ -125,10 +128,11 @@ def open_sealed(key: bytes, sealed: bytes, ad: bytes, what: str) -> bytes:
 
 
 def mask_stream(seed: bytes, length: int, dtype: np.dtype) -> np.ndarray:
-    """``length`` unsigned integers of ``dtype`` from the ChaCha20 keystream of ``seed``."""
+    """``length`` unsigned integers of ``dtype`` from the AES-256-CTR keystream of ``seed``
+    (zero initial counter block)."""
     dtype = np.dtype(dtype).newbyteorder("<")
     nbytes = length * dtype.itemsize
-    encryptor = Cipher(algorithms.ChaCha20(seed, b"\0" * 16), mode=None).encryptor()
+    encryptor = Cipher(algorithms.AES256(seed), modes.CTR(bytes(16))).encryptor()
     stream = encryptor.update(bytes(nbytes))
     return np.frombuffer(stream, dtype=dtype).astype(dtype.newbyteorder("="), copy=False)
 
