@@ -77,9 +77,10 @@ def model(state, version):
     return decode_model(path.read_bytes())[1]
 
 
-def assert_model_sums(state, data, members):
+def assert_model_sums(state, data, members, atol=0.0):
     """Version 1 = version 0 + Σ_members ω·Δ / Σ_members ω, to the quantization bound
-    (beyond the float32 rounding of the stored model)."""
+    (beyond the float32 rounding of the stored model, and ``atol`` for devices whose
+    update is recomputed here only to float precision)."""
     initial, got = model(state, 0), model(state, 1)
     parts = contributions(data, initial)
     total = sum(parts[k][0] for k in members)
@@ -89,7 +90,7 @@ def assert_model_sums(state, data, members):
     # the server sums in float64 and stores float32: half an ulp of each stored value
     rounding = torch.from_numpy(np.spacing(stored.abs().numpy())).double() / 2
     error = ((moved - total / weight).abs() - rounding).max().item()
-    assert error <= 2 * len(members) * step(len(parts)) / weight, error
+    assert error <= 2 * len(members) * step(len(parts)) / weight + atol, error
     others = [k for k in range(len(parts)) if k not in members]
     if others:  # and it is not the sum over everyone
         everyone = (total + sum(parts[k][0] for k in others)) / (

@@ -18,6 +18,13 @@ import { DataError, checkExamples, readExamples } from "./data.js";
 import { IMAGE_TYPES, imageExamples, readImageFolder } from "./images.js";
 import { HttpError, Server, Unauthorized } from "./protocol.js";
 import { decodeModel, encodeModel, encodeUpdate } from "./safetensors.js";
+import {
+  SecAggAborted,
+  SecAggClient,
+  SecAggRefused,
+  encode,
+  parsePlan,
+} from "./secagg.js";
 import { SpecModel } from "./spec.js";
 import * as store from "./store.js";
 import {
@@ -25,6 +32,7 @@ import {
   checkTraining,
   clientHalf,
   evaluate,
+  secureParts,
   shuffler,
   trainLocal,
 } from "./train.js";
@@ -146,11 +154,8 @@ export async function currentExamples(inputShape) {
 }
 
 async function train(task) {
-  if (task.secure_aggregation)
-    throw new UnsupportedTask(
-      "this round uses secure aggregation (SecAgg+), which the browser client cannot take " +
-        "part in yet; Python clients can",
-    );
+  // Refuse a secure plan this page cannot take part in before training, not after.
+  const plan = task.secure_aggregation ? parsePlan(task.secure_aggregation) : null;
   const half = clientHalf(task.strategy);
   const training = checkTraining(task.training);
   const model = modelFor(task.spec);
@@ -166,6 +171,7 @@ async function train(task) {
   }
   show("model-version", String(file.modelVersion));
   const keep = [];
+  let secure = null; // {plan, contribution, state} of a secure round
   try {
     const weights = model.fromTorch(file.params);
     keep.push(weights);
@@ -218,28 +224,118 @@ async function train(task) {
     const extrasOut = {};
     for (const [group, tensors] of Object.entries(result.extras))
       extrasOut[group] = model.toTorch(tensors);
-    const body = encodeUpdate(
-      {
-        params: model.toTorch(result.weights),
-        extras: extrasOut,
-        numSamples: data.n,
-        numSteps: result.numSteps,
-        metrics: result.metrics,
-      },
-      { round: task.round, modelVersion: task.model_version },
-    );
+    const params = model.toTorch(result.weights);
     const state = result.clientState
       ? encodeModel({}, { c: model.toTorch(result.clientState.c) }, task.model_version)
       : null;
-    // (crypto.randomUUID exists only on HTTPS pages; getRandomValues everywhere.)
-    const key = Array.from(crypto.getRandomValues(new Uint8Array(16)), (v) =>
-      v.toString(16).padStart(2, "0"),
-    ).join("");
-    await store.savePending({ url: task.upload_url, key, round: task.round, body, state });
+    if (plan) {
+      const update = { params, extras: extrasOut, numSamples: data.n, numSteps: result.numSteps };
+      const contribution = secureParts(plan, half, training, file.params, update);
+      secure = { plan, contribution, state };
+    } else {
+      const body = encodeUpdate(
+        {
+          params,
+          extras: extrasOut,
+          numSamples: data.n,
+          numSteps: result.numSteps,
+          metrics: result.metrics,
+        },
+        { round: task.round, modelVersion: task.model_version },
+      );
+      // (crypto.randomUUID exists only on HTTPS pages; getRandomValues everywhere.)
+      const key = Array.from(crypto.getRandomValues(new Uint8Array(16)), (v) =>
+        v.toString(16).padStart(2, "0"),
+      ).join("");
+      await store.savePending({ url: task.upload_url, key, round: task.round, body, state });
+    }
   } finally {
     tf.dispose(keep);
   }
-  await uploadPending();
+  if (secure) await secureRound(task, secure);
+  else await uploadPending();
+}
+
+// ---- secure aggregation ----------------------------------------------------------------
+
+// Take part in the round's SecAgg+ stages (fedge/federation/client.py _secure_round): post
+// the keys, then ask for each stage's input and post the answer, until the round ends.
+async function secureRound(task, { plan, contribution, state }) {
+  const round = task.round;
+  const encoded = encode(plan, contribution.parts);
+  const clipped = encoded.clipped + (contribution.capped ? 1 : 0);
+  if (clipped) {
+    log(
+      `round ${round}: ${clipped} values were outside the secure aggregation range ` +
+        "and were clipped",
+    );
+  }
+  const protocol = await SecAggClient.create(identity.device_id, plan);
+  const base = task.secagg_url;
+  const headers = Server.auth(identity.token);
+  const post = async (stage, message) => {
+    const binary = message instanceof Uint8Array;
+    const type = binary ? "application/octet-stream" : "application/json";
+    const response = await server.request("POST", `${base}/${stage}`, {
+      headers: { ...headers, "Content-Type": type },
+      body: binary ? message : JSON.stringify(message),
+    });
+    if (response.status === 409) {
+      log(`round ${round}: the ${stage} message came too late (${(await response.json()).error})`);
+      return false;
+    }
+    return true;
+  };
+  const advertise = { model_version: task.model_version, keys: await protocol.advertise() };
+  if (!(await post("advertise", advertise))) return;
+  log(`round ${round}: keys sent; secure aggregation under way`);
+  show("status", `round ${round}: secure aggregation, waiting for the other devices' keys`);
+  const wait = Number(param("wait") ?? 10);
+  let summed = false;
+  for (;;) {
+    const response = await server.request("GET", `${base}?wait=${wait}`, {
+      headers,
+      timeout: server.timeout + wait,
+    });
+    const info = await response.json();
+    if (response.status === 409) {
+      log(`round ${round}: ${info.error}`);
+      return;
+    }
+    const stage = info.stage;
+    if (stage === "finished") {
+      if (info.status === "closed" && summed) {
+        if (state) await store.saveClientState(state);
+        accepted += 1;
+        show("accepted", String(accepted));
+        log(`round ${round}: closed with this device's update in the sum`);
+        show("status", `round ${round}: closed with this device's update in the secure sum`);
+      } else {
+        log(`round ${round}: ${info.status} without this device's update`);
+      }
+      return;
+    }
+    if (info.excluded) {
+      log(`round ${round}: dropped from the secure round at stage "${stage}"`);
+      return;
+    }
+    if (info.waiting) continue;
+    show("status", `round ${round}: secure aggregation, stage "${stage}"`);
+    let message;
+    try {
+      if (stage === "share") message = { shares: await protocol.share(info.neighbours) };
+      else if (stage === "masked") message = await protocol.masked(info.shares, encoded.values);
+      else if (stage === "confirm") {
+        summed = Array.isArray(info.survivors) && info.survivors.includes(identity.device_id);
+        message = { confirmations: await protocol.confirm(info) };
+      } else message = await protocol.unmask(info.confirmations);
+    } catch (err) {
+      if (!(err instanceof SecAggRefused || err instanceof SecAggAborted)) throw err;
+      showError(`Round ${round}: refusing to go on with secure aggregation: ${err.message}`);
+      return;
+    }
+    if (!(await post(stage, message))) return;
+  }
 }
 
 // Upload the update kept in storage; its strategy state counts only once the server has it.

@@ -56,6 +56,7 @@ export const put = (key, value) => transaction("readwrite", (s) => void s.put(va
 
 // The strategy state (bytes) or null.
 export const loadClientState = async () => (await get("client_state")) ?? null;
+export const saveClientState = (bytes) => put("client_state", bytes);
 
 // {url, key, round, body, state} of an update not yet acknowledged, or null.
 export const loadPending = async () => (await get("pending")) ?? null;

@@ -16,7 +16,11 @@
 // FedAdam, FedYogi, FedNova — their difference is on the server), FedProx (gradient term
 // μ·(w − w_global)), SCAFFOLD (drift c − c_i after each step; reports Δc_i = c_i⁺ − c_i
 // with c_i⁺ = c_i − c + (w_global − w)/(K·lr), and keeps c_i⁺).
+//
+// In a secure round the update is not uploaded but summed: secureParts gives the strategy's
+// summands, as fedge.privacy.secagg.contribution does (secagg.js quantizes and masks them).
 
+import { clientWeight } from "./secagg.js";
 import { crossEntropy } from "./spec.js";
 
 const FEDAVG_CLIENTS = ["fedavg", "fedavgm", "fedadagrad", "fedadam", "fedyogi", "fednova"];
@@ -208,4 +212,64 @@ export async function evaluate(tf, model, weights, x, y, n, batch = 512) {
   }
   labels.dispose();
   return { loss: loss / n, accuracy: correct / n };
+}
+
+// ---- the sum path (secure aggregation) ------------------------------------------------
+
+// FedNova's a_k: the L1 norm of the weights local SGD with momentum ρ puts on its gradients
+// (fedge/fl/strategy/fednova.py local_step_norm).
+export function localStepNorm(steps, momentum) {
+  if (momentum === 0) return steps;
+  const rho = momentum;
+  return (steps - (rho * (1 - rho ** steps)) / (1 - rho)) / (1 - rho);
+}
+
+// Tensors {name: {data}} flattened in sorted name order (fedge.fl.types.flatten_by_name),
+// as float64.
+function flattenByName(tensors, names) {
+  const sorted = [...names].sort();
+  const out = new Float64Array(sorted.reduce((n, name) => n + tensors[name].data.length, 0));
+  let offset = 0;
+  for (const name of sorted) {
+    out.set(tensors[name].data, offset);
+    offset += tensors[name].data.length;
+  }
+  return out;
+}
+
+// What this device adds to a secure round's sum, by segment name, as
+// fedge.privacy.secagg.contribution computes it: in a DP round (the plan carries the
+// clipping norm C) the delta clipped to C with weight 1 (and whether it fitted, for
+// adaptive clipping); otherwise the strategy's summands ω·Δ and ω (FedNova: ω·Δ/a_k, ω and
+// ω·a_k; SCAFFOLD adds its unweighted Δc_i). `initial` are the round's global weights,
+// `update` {params, extras, numSamples, numSteps}.
+export function secureParts(plan, half, training, initial, update) {
+  const names = Object.keys(initial);
+  const mine = flattenByName(update.params, names);
+  const delta = flattenByName(initial, names).map((w, i) => mine[i] - w);
+  const { weight, capped } = clientWeight(plan, update.numSamples);
+  const parts = {};
+  if (plan.clipNorm !== null) {
+    const norm = Math.sqrt(delta.reduce((sum, d) => sum + d * d, 0));
+    const fits = norm <= plan.clipNorm;
+    parts.delta = fits ? delta : delta.map((d) => d * (plan.clipNorm / norm));
+    if (plan.segments.some((s) => s.name === "unclipped"))
+      parts.unclipped = Float64Array.of(fits ? 1 : 0);
+    return { parts, capped };
+  }
+  parts.delta = delta.map((d) => d * weight);
+  parts.weight = Float64Array.of(weight);
+  if (half.name === "fednova") {
+    if (update.numSteps === 0) {
+      parts.delta.fill(0);
+      parts.weight[0] = 0;
+      parts.weighted_norm = Float64Array.of(0);
+    } else {
+      const a = localStepNorm(update.numSteps, training.momentum);
+      parts.delta = parts.delta.map((d) => d / a);
+      parts.weighted_norm = Float64Array.of(weight * a);
+    }
+  }
+  if (half.scaffold) parts.delta_c = flattenByName(update.extras.delta_c, names);
+  return { parts, capped };
 }
