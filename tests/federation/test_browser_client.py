@@ -909,25 +909,35 @@ def test_a_browser_takes_part_in_a_secure_round_with_python_devices(federation, 
     assert (moved - without).abs().max().item() > 1e-3
 
 
-def test_a_distributed_dp_round_is_refused_clearly_by_the_page(federation, browser, tmp_path):
-    """The browser does not add distributed DP's noise: it says so before training and
-    sends nothing."""
-    data = experiment(name="browser-distributed", rounds=1)
+def test_a_browser_adds_its_share_of_distributed_dp_noise(federation, browser, tmp_path):
+    """Distributed DP with one browser and two `fedge client` processes: the sum the server
+    applies is the clean sum of the three clipped deltas (the browser's recomputed here;
+    full-batch SGD) plus noise of the full planned variance: a browser that added none would
+    leave a third of it missing, far outside the test's bounds."""
+    from test_secure_aggregation import assert_sum_holds_the_planned_noise
+
+    clip, devices, mine = 0.5, 3, 2
+    data = experiment(name="browser-distributed", rounds=1, over_selection=1.0)
+    data["client"] = {**data["client"], "batch_size": 10_000, "epochs": 2}
     data["privacy"] = {
         "dp": "distributed",
-        "clip_norm": 0.5,
+        "clip_norm": clip,
         "noise_multiplier": 1.0,
         "secure_aggregation": {"stage_seconds": 10.0},
     }
     server = federation(data)
-    x, y = partition(server.config, 0)
+    x, y = partition(server.config, mine)
     np.savez(tmp_path / "mine.npz", x=x, y=y)
+    clients = start_clients(server, tmp_path / "clients", count=devices - 1)
     join(browser, server.url, tmp_path / "mine.npz")
-    message = wait_for(browser, "error", lambda text: "distributed" in text)
-    assert "Python devices" in message
-    assert text_of(browser, "status") == "stopped"
-    assert "training on" not in text_of(browser, "log")
-    assert round_records(server.state) == {}  # nothing was sent
+    wait_for(browser, "status", lambda text: text.startswith("finished"), timeout=240)
+    wait_for_clients(clients)
+    assert text_of(browser, "accepted") == "1" and text_of(browser, "error") == ""
+    ended = round_records(server.state)
+    assert ended[1]["status"] == "closed", ended
+    secure = ended[1]["secure_aggregation"]
+    assert secure["dp"] == "distributed" and secure["summed"] == devices
+    assert_sum_holds_the_planned_noise(server.state, data, secure, clip)
 
 
 # --- serving ---------------------------------------------------------------------------

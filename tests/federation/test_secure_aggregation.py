@@ -301,15 +301,44 @@ def test_keys_from_a_real_device_are_checked(secure_server):
     assert response.status_code == 409 and "must differ" in response.json()["error"]
 
 
+def assert_sum_holds_the_planned_noise(state, data, secure, clip):
+    """With distributed DP, FedAvg's step w1 = w0 + (noisy sum)/m: the noisy sum minus the
+    clean sum of the devices' deltas clipped to S (recomputed here) is noise of the variance
+    the round planned (a chi-square test); → the number of values."""
+    from scipy.stats import chi2
+
+    initial = model(state, 0)
+    config = parse_config(data)
+    devices = config.partition.num_clients
+    fed = prepare(config)
+    local = LocalTraining(**config.client.model_dump())
+    strategy = make_strategy(config.strategy, num_clients=devices, local=local)
+    net = fast_layout(build_model(fed.spec))
+    start = flatten_by_name(initial).double()
+    clean = torch.zeros_like(start)
+    for k in range(devices):
+        x, y = fed.clients.client(k)
+        gen = client_generator(config.seed, 1, k)
+        task = ClientTask(round=1, params=initial)
+        update = train_client(net, strategy, task, x, y, local, gen, client_index=k)
+        delta = flatten_by_name(update.params).double() - start
+        clean += delta * min(1.0, clip / float(delta.norm()))
+    noisy = (flatten_by_name(model(state, 1)).double() - start) * devices
+    noise = (noisy - clean).numpy()
+    d = noise.size
+    variance = secure["noise_variance"] / secure["scale"] ** 2  # float units
+    stat = float((noise**2).sum()) / variance
+    assert chi2.ppf(1e-6, d) < stat < chi2.ppf(1 - 1e-6, d), (stat, d)
+    return d
+
+
 def test_with_distributed_dp_the_unmasked_sum_already_holds_the_clients_noise(federation, tmp_path):
     """3 real devices add Skellam noise before masking: the sum the server applies differs
     from the clean sum of the clipped deltas by noise of the planned variance, and by
     nothing more (the server adds none); ε is the Skellam mechanism's."""
     import math
 
-    import torch
     from dp_accounting import rdp
-    from scipy.stats import chi2
 
     from fedge.privacy.skellam import RDP_ORDERS
 
@@ -328,31 +357,7 @@ def test_with_distributed_dp_the_unmasked_sum_already_holds_the_clients_noise(fe
     secure = ended[1]["secure_aggregation"]
     assert secure["dp"] == "distributed" and secure["summed"] == devices
 
-    # the clean sum of the devices' deltas clipped to S, recomputed here
-    initial = model(server.state, 0)
-    config = parse_config(data)
-    devices = config.partition.num_clients
-    fed = prepare(config)
-    local = LocalTraining(**config.client.model_dump())
-    strategy = make_strategy(config.strategy, num_clients=devices, local=local)
-    net = fast_layout(build_model(fed.spec))
-    start = flatten_by_name(initial).double()
-    clean = torch.zeros_like(start)
-    for k in range(devices):
-        x, y = fed.clients.client(k)
-        gen = client_generator(config.seed, 1, k)
-        task = ClientTask(round=1, params=initial)
-        update = train_client(net, strategy, task, x, y, local, gen, client_index=k)
-        delta = flatten_by_name(update.params).double() - start
-        clean += delta * min(1.0, clip / float(delta.norm()))
-    # FedAvg's server step: w1 = w0 + (noisy sum)/m
-    noisy = (flatten_by_name(model(server.state, 1)).double() - start) * devices
-    noise = (noisy - clean).numpy()
-
-    d = noise.size
-    variance = secure["noise_variance"] / secure["scale"] ** 2  # float units
-    stat = float((noise**2).sum()) / variance
-    assert chi2.ppf(1e-6, d) < stat < chi2.ppf(1 - 1e-6, d), (stat, d)
+    d = assert_sum_holds_the_planned_noise(server.state, data, secure, clip)
     # planned for 3 survivors (30% dropouts of 3 is none), all 3 survived: μ = (z·B)²,
     # and B is at least the scaled clipping norm
     assert secure["noise_variance"] == pytest.approx((z * secure["norm_bound"]) ** 2, rel=1e-9)

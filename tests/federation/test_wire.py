@@ -72,9 +72,16 @@ def with_metadata(**meta):
     ],
     # Named, not derived from the bytes: safetensors orders a header's metadata as it likes.
     ids=[
-        "empty", "header overruns", "header a list", "unicode digit count", "negative count",
-        "absurd count", "round 0", "metrics a list", "a model, not an update",
-    ],  # fmt: skip
+        "empty",
+        "header overruns",
+        "header a list",
+        "unicode digit count",
+        "negative count",
+        "absurd count",
+        "round 0",
+        "metrics a list",
+        "a model, not an update",
+    ],
 )
 def test_malformed_updates_are_rejected_with_a_reason(body, message):
     with pytest.raises(UpdateRejected, match=message):

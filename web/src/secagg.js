@@ -19,6 +19,11 @@
 // Every message received is validated as fedge/privacy/secagg/messages.py does; a malformed
 // or protocol-breaking one throws SecAggRefused, never a TypeError. A client that refused
 // (or aborted) at one stage takes no further part in the round: later stages are refused.
+//
+// With distributed DP (the plan's `distributed_dp`) encode() adds the device's share of the
+// noise before masking (skellam.js), so that the server only ever unmasks a noisy sum.
+
+import { encodeDistributed, parseDistributed } from "./skellam.js";
 
 export class SecAggRefused extends Error {
   constructor(message) {
@@ -348,22 +353,18 @@ export async function maskStream(seed, length, bits) {
 
 // The task's `secure_aggregation` (RoundPlan.to_json), validated:
 //   {context: Uint8Array, threshold, degree, bits, maxClients, levels, segments:
-//    [{name, length, lo, hi}], length, weighting, maxWeight, clipNorm, minSurvivors: 0}
+//    [{name, length, lo, hi}], length, weighting, maxWeight, clipNorm, distributedDp,
+//    minSurvivors}
 // `levels` is L = ⌊(2^b − 1)/max_clients⌋ as a BigInt, always (exact for every b up to 64);
-// maxWeight and clipNorm are null when the plan has none.
+// maxWeight and clipNorm are null when the plan has none; distributedDp is null, or
+// skellam.js parseDistributed's {clipNorm, scale, normBound, clientVariance, minSurvivors}
+// (minSurvivors is 0 without distributed DP: no smaller sum is refused).
 export function parsePlan(json) {
   const bad = (why) => {
     throw new SecAggUnsupported(`the secure aggregation plan ${why}`);
   };
   if (!isObject(json)) bad("is not a JSON object");
   if (!subtle) throw new SecAggUnsupported(NO_WEBCRYPTO); // refused before training, not after
-  if (json.distributed_dp !== undefined && json.distributed_dp !== null) {
-    throw new SecAggUnsupported(
-      "this round uses distributed differential privacy, whose noise each device adds to its " +
-        "update; the browser client does not add it (Python devices, `fedge client`, do), so " +
-        "it cannot take part in this round",
-    );
-  }
   const integer = (name, min, max = Number.MAX_SAFE_INTEGER) => {
     const v = json[name];
     if (!Number.isSafeInteger(v) || v < min || v > max) {
@@ -382,7 +383,8 @@ export function parsePlan(json) {
   const bits = integer("modulus_bits", 8, 64);
   const maxClients = integer("max_clients", 1);
   const levels = ((1n << BigInt(bits)) - 1n) / BigInt(maxClients);
-  if (levels < 2n) {
+  const noisy = json.distributed_dp !== undefined && json.distributed_dp !== null;
+  if (levels < 2n && !noisy) {
     bad(`leaves fewer than 2 quantization levels for ${maxClients} clients in ${bits} bits`);
   }
   if (!Array.isArray(json.segments) || json.segments.length === 0) bad("has no segments");
@@ -412,6 +414,9 @@ export function parsePlan(json) {
   if (clipNorm !== null && !(Number.isFinite(clipNorm) && clipNorm > 0)) {
     bad("needs clip_norm as a positive number or null");
   }
+  const distributedDp = noisy
+    ? parseDistributed(json.distributed_dp, segments, maxClients, bad)
+    : null;
   return {
     context,
     threshold,
@@ -424,7 +429,8 @@ export function parsePlan(json) {
     weighting: json.weighting,
     maxWeight,
     clipNorm,
-    minSurvivors: 0,
+    distributedDp,
+    minSurvivors: distributedDp ? distributedDp.minSurvivors : 0,
   };
 }
 
@@ -438,18 +444,20 @@ export function clientWeight(plan, numSamples) {
   };
 }
 
-// `count` uniform doubles in [0, 1) with 53 random bits each, as numpy's Generator.random.
-function uniforms(count) {
-  const out = new Float64Array(count);
-  const words = new Uint32Array(16384); // getRandomValues fills at most 65536 bytes a call
-  for (let start = 0; start < count; start += words.length / 2) {
-    crypto.getRandomValues(words);
-    const end = Math.min(count, start + words.length / 2);
-    for (let i = start, j = 0; i < end; i++, j += 2) {
-      out[i] = ((words[j] >>> 5) * 67108864 + (words[j + 1] >>> 6)) / 9007199254740992;
+// A source of uniform doubles in [0, 1) with 53 random bits each (as numpy's
+// Generator.random) from crypto.getRandomValues, which fills at most 65536 bytes a call.
+export function uniformSource() {
+  const words = new Uint32Array(16384);
+  let next = words.length;
+  return () => {
+    if (next === words.length) {
+      crypto.getRandomValues(words);
+      next = 0;
     }
-  }
-  return out;
+    const high = words[next++] >>> 5;
+    const low = words[next++] >>> 6;
+    return (high * 67108864 + low) / 9007199254740992;
+  };
 }
 
 // VectorCodec.encode: each value clipped to its segment's [lo, hi] (counted), scaled to
@@ -461,12 +469,14 @@ function uniforms(count) {
 export function encode(plan, parts) {
   const get = (name) =>
     parts instanceof Map ? parts.get(name) : Object.hasOwn(parts, name) ? parts[name] : undefined;
+  if (plan.distributedDp) return encodeDistributed(plan, get("delta"), uniformSource());
   const big = plan.bits > 32;
   const top = Number(plan.levels); // L as a double: Python's levels / (hi − lo) divides one
   const topWords = [Number(plan.levels & 0xffffffffn), Number(plan.levels >> 32n)];
   const above = BigInt(top) > plan.levels; // L rounded up as a double (b > 53)
   const words = new Uint32Array(plan.length * (big ? 2 : 1));
-  const random = uniforms(plan.length);
+  const source = uniformSource();
+  const random = Float64Array.from({ length: plan.length }, source);
   let clipped = 0;
   let j = 0;
   for (const seg of plan.segments) {
