@@ -20,6 +20,9 @@ answer; its strategy state advances when the round closes with its masked input 
 Its protocol secrets live in memory only: a device that restarts mid-round has dropped out
 of it. For fault-injection tests, ``$FEDGE_SECAGG_CRASH_AT=<stage>`` makes the process
 SIGKILL itself just before it would post that stage's message.
+
+With local DP (the task carries ``local_dp``) the device clips its delta and adds Gaussian
+noise from its own entropy before the update is even written to its state folder.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ from fedge.fl.local import LocalTraining, client_generator, train_client
 from fedge.fl.strategy import Strategy
 from fedge.fl.types import ClientTask, ClientUpdate, Params
 from fedge.models.spec import build_model, fast_layout, load_spec
+from fedge.privacy.local import device_normal, privatize
 from fedge.privacy.secagg import RoundPlan, SecAggAborted, SecAggClient, contribution
 from fedge.privacy.secagg.crypto import SecAggRefused
 from fedge.privacy.secagg.messages import (
@@ -310,6 +314,14 @@ class FederatedClient:
         if task.secure_aggregation is not None:
             self._secure_round(identity, task, strategy, own, update)
             return
+        if task.local_dp is not None:  # local DP: the noise is added before anything leaves
+            update = privatize(
+                own,
+                update,
+                clip_norm=task.local_dp.clip_norm,
+                noise_multiplier=task.local_dp.noise_multiplier,
+                normal=device_normal,
+            )
         data = encode_update(update, round=task.round, model_version=task.model_version)
         if update.client_state is not None:
             self._write(

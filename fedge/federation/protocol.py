@@ -16,6 +16,7 @@ __all__ = [
     "EnrollmentRequest",
     "ErrorBody",
     "Finished",
+    "LocalDPSettings",
     "Task",
     "TrainingSettings",
     "UploadReceipt",
@@ -59,6 +60,15 @@ class TrainingSettings(_Message):
     drop_last: bool
 
 
+class LocalDPSettings(_Message):
+    """Local differential privacy: what a device does to its update before uploading it."""
+
+    clip_norm: float = Field(gt=0, description="C: the L2 norm the delta is clipped to.")
+    noise_multiplier: float = Field(
+        gt=0, description="z: Gaussian noise of standard deviation z·C is added per value."
+    )
+
+
 class Task(_Message):
     """A check-in answered with work: train ``model_version`` for ``round``.
 
@@ -91,6 +101,13 @@ class Task(_Message):
         ),
     )
     secagg_url: str | None = None
+    local_dp: LocalDPSettings | None = Field(
+        None,
+        description=(
+            'Set with privacy.dp = "local": the device clips its delta to clip_norm and adds '
+            "N(0, (noise_multiplier·clip_norm)²) noise from its own entropy before uploading."
+        ),
+    )
 
 
 class Wait(_Message):

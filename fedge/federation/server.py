@@ -45,7 +45,14 @@ from fedge.errors import (
     Unauthorized,
     UpdateRejected,
 )
-from fedge.federation.protocol import Finished, Task, TrainingSettings, UploadReceipt, Wait
+from fedge.federation.protocol import (
+    Finished,
+    LocalDPSettings,
+    Task,
+    TrainingSettings,
+    UploadReceipt,
+    Wait,
+)
 from fedge.federation.secure import SecureRound
 from fedge.federation.state import Device, FederationState, hash_token
 from fedge.federation.wire import decode_model, decode_update, encode_model
@@ -207,21 +214,22 @@ class FederationServer:
             "strategy": config.strategy.model_dump(mode="json"),
             "spec": self.spec.model_dump(mode="json", exclude_none=True),
         }
+        if self.privacy is not None and self.privacy.ledger.local:
+            self._task_fields["local_dp"] = LocalDPSettings(
+                clip_norm=self.privacy.clip_norm, noise_multiplier=self.privacy.noise_multiplier
+            )
 
     # --- start-up -----------------------------------------------------------------------
 
     def _setup_privacy(self, config: ExperimentConfig, target: int) -> None:
         """DP-FedAvg on the strategy, secure aggregation on the rounds, as configured.
         With distributed DP the devices add the noise before masking (the task's plan says
-        how much) and the server adds none."""
+        how much) and the server adds none; with local DP each device clips and noises its
+        own update (the task's ``local_dp`` says how) and the server averages them with
+        equal weights."""
         privacy = config.privacy
         assert privacy is not None
-        if privacy.dp == "local":
-            raise ConfigError(
-                '[privacy] dp = "local" is not built into the deployment server yet (devices '
-                'would add the noise; it runs in `fedge simulate`): use dp = "central"'
-            )
-        if privacy.dp in ("central", "distributed"):
+        if privacy.dp in ("central", "distributed", "local"):
             # who takes part depends on who checks in, not on a uniform draw: no
             # amplification by sampling in the ledger
             distributed = privacy.dp == "distributed"

@@ -7,6 +7,11 @@ engine, and on a device. The server averages the noisy updates with equal weight
 client's sample count is its own data too) — post-processing, which costs no privacy, so
 any aggregator may follow.
 
+On a deployment (``fedge server``) the task tells each device C and z
+(:class:`~fedge.federation.protocol.LocalDPSettings`) and the device draws its noise from
+its operating system's entropy (:func:`device_normal`), which nobody else can reproduce:
+the simulation's streams are for reproducible experiments, not for hiding anything.
+
 The guarantee is per client and against everyone, the server included: a client's update
 in one round is a Gaussian mechanism with noise z times its clipping norm, whatever the
 other clients do, and a client that takes part in r rounds composes r of them
@@ -18,7 +23,7 @@ noise of std z·C/√m, against z·C/m for central noise.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -39,7 +44,7 @@ from fedge.fl.types import (
 if TYPE_CHECKING:
     from fedge.fl.local import LocalTraining
 
-__all__ = ["LocalDP", "client_noise_generator"]
+__all__ = ["LocalDP", "client_noise_generator", "device_normal", "privatize"]
 
 
 def client_noise_generator(seed: int, round: int, client: int | str) -> torch.Generator:
@@ -47,6 +52,32 @@ def client_noise_generator(seed: int, round: int, client: int | str) -> torch.Ge
     key = client if isinstance(client, int) else int.from_bytes(client.encode()[:8], "little")
     state = np.random.SeedSequence([seed, round, key, 0x10CA1]).generate_state(2)
     return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+def device_normal(count: int) -> torch.Tensor:
+    """``count`` standard normal float64 draws from a generator seeded by the operating
+    system's entropy (128 bits): a device's noise, which the server cannot regenerate."""
+    return torch.from_numpy(np.random.default_rng().standard_normal(count))
+
+
+def privatize(
+    task: ClientTask,
+    update: ClientUpdate,
+    *,
+    clip_norm: float,
+    noise_multiplier: float,
+    normal: Callable[[int], torch.Tensor],
+) -> ClientUpdate:
+    """``update`` with its delta from ``task.params`` clipped to L2 norm ``clip_norm`` C and
+    N(0, (z·C)² I) added, ``normal(n)`` giving the n standard normal draws."""
+    start = flatten_by_name(task.params).to(torch.float64)
+    delta = flatten_by_name(update.params, task.params).to(torch.float64) - start
+    norm = float(delta.norm())
+    if norm > clip_norm:
+        delta = delta * (clip_norm / norm)
+    noise = normal(delta.numel())
+    noisy = start + delta + noise * (noise_multiplier * clip_norm)
+    return replace(update, params=unflatten_by_name(noisy, update.params))
 
 
 class LocalDP(Wrapper):
@@ -76,15 +107,14 @@ class LocalDP(Wrapper):
     ) -> ClientUpdate:
         """The wrapped client half, then the clipping and the noise, on the client."""
         update = self.inner.finish_client(task, update, local)
-        start = flatten_by_name(task.params).to(torch.float64)
-        delta = flatten_by_name(update.params, task.params).to(torch.float64) - start
-        norm = float(delta.norm())
-        if norm > self.clip_norm:
-            delta = delta * (self.clip_norm / norm)
         generator = client_noise_generator(self.seed, task.round, update.client)
-        noise = torch.randn(delta.numel(), generator=generator, dtype=torch.float64)
-        noisy = start + delta + noise * (self.noise_multiplier * self.clip_norm)
-        return replace(update, params=unflatten_by_name(noisy, update.params))
+        return privatize(
+            task,
+            update,
+            clip_norm=self.clip_norm,
+            noise_multiplier=self.noise_multiplier,
+            normal=lambda n: torch.randn(n, generator=generator, dtype=torch.float64),
+        )
 
     def client_deltas(
         self, state: ServerState, updates: Iterable[ClientUpdate]

@@ -1,8 +1,9 @@
-"""Browser devices in secure rounds on a real server: the summands a browser adds to the
+"""Browser devices in private rounds on a real server: the summands a browser adds to the
 secure sum equal a Python device's, a browser and Python devices (one SIGKILLed after
-sharing its keys) complete a SecAgg+ round with exactly the survivors' sum, and a browser
-adds its share of distributed DP's noise. The protocol itself against Python's is in
-``test_browser_secagg.py``, the noise samplers in ``test_browser_skellam.py``."""
+sharing its keys) complete a SecAgg+ round with exactly the survivors' sum, a browser adds
+its share of distributed DP's noise, and under local DP noises its own update. The
+protocol itself against Python's is in ``test_browser_secagg.py``, the noise samplers in
+``test_browser_skellam.py``."""
 
 import numpy as np
 import pytest
@@ -173,7 +174,7 @@ def test_a_browser_adds_its_share_of_distributed_dp_noise(
     applies is the clean sum of the three clipped deltas (the browser's recomputed here;
     full-batch SGD) plus noise of the full planned variance: a browser that added none would
     leave a third of it missing, far outside the test's bounds."""
-    from test_secure_aggregation import assert_sum_holds_the_planned_noise
+    from test_secure_aggregation import assert_sum_holds_the_planned_noise, distributed_variance
 
     clip, devices, mine = 0.5, 3, 2
     data = experiment(name="browser-distributed", rounds=1, over_selection=1.0)
@@ -196,4 +197,33 @@ def test_a_browser_adds_its_share_of_distributed_dp_noise(
     assert ended[1]["status"] == "closed", ended
     secure = ended[1]["secure_aggregation"]
     assert secure["dp"] == "distributed" and secure["summed"] == devices
-    assert_sum_holds_the_planned_noise(server.state, data, secure, clip)
+    assert_sum_holds_the_planned_noise(server.state, data, clip, distributed_variance(secure))
+
+
+def test_a_browser_noises_its_own_update_under_local_dp(
+    federation,
+    browser,  # noqa: F811 (the fixture, imported)
+    tmp_path,
+):
+    """dp = "local" with one browser and two `fedge client` processes: every device clips
+    and noises its update before uploading; the applied sum is the clean sum of the three
+    clipped deltas (the browser's recomputed here; full-batch SGD) plus noise of variance
+    3·(z·C)² per value, the browser's third included."""
+    from test_secure_aggregation import assert_sum_holds_the_planned_noise
+
+    clip, z, devices, mine = 0.5, 1.0, 3, 2
+    data = experiment(name="browser-local-dp", rounds=1)
+    data["client"] = {**data["client"], "batch_size": 10_000, "epochs": 2}
+    data["privacy"] = {"dp": "local", "clip_norm": clip, "noise_multiplier": z}
+    server = federation(data)
+    x, y = partition(server.config, mine)
+    np.savez(tmp_path / "mine.npz", x=x, y=y)
+    clients = start_clients(server, tmp_path / "clients", count=devices - 1)
+    join(browser, server.url, tmp_path / "mine.npz")
+    wait_for(browser, "status", lambda text: text.startswith("finished"), timeout=240)
+    wait_for_clients(clients)
+    assert text_of(browser, "accepted") == "1" and text_of(browser, "error") == ""
+    assert "local DP: delta clipped to 0.5" in text_of(browser, "log")
+    ended = round_records(server.state)
+    assert ended[1]["status"] == "closed" and len(ended[1]["devices"]) == devices, ended
+    assert_sum_holds_the_planned_noise(server.state, data, clip, devices * (z * clip) ** 2)

@@ -1,15 +1,17 @@
-"""Distributed DP on the browser client (``web/src/skellam.js``) in real headless Chromium:
-log Γ against ``math.lgamma``, Poisson draws against SciPy's distribution, Skellam noise of
-the planned variance, conditional rounding, and the noisy encoding decoded by fedge's Python
-codec. The browser's uniforms come from ``crypto.getRandomValues`` (nobody can seed them),
-so the statistical checks use thresholds a correct sampler fails once in a million runs."""
+"""The browser client's DP noise in real headless Chromium. Distributed DP
+(``web/src/skellam.js``): log Γ against ``math.lgamma``, Poisson draws against SciPy's
+distribution, Skellam noise of the planned variance, conditional rounding, and the noisy
+encoding decoded by fedge's Python codec. Local DP (``web/src/train.js``): Gaussian draws,
+and the clipped, noised update against ``fedge.privacy.local.privatize``. The browser's
+uniforms come from ``crypto.getRandomValues`` (nobody can seed them), so the statistical
+checks use thresholds a correct sampler fails once in a million runs."""
 
 import math
 
 import numpy as np
 import pytest
 from scipy import stats
-from test_browser_client import browser, chromium, origin, run_js, unb64  # noqa: F401
+from test_browser_client import b64, browser, chromium, origin, run_js, unb64  # noqa: F401
 
 from fedge.privacy.secagg import RoundPlan, RoundSetup, SkellamCodec
 from fedge.privacy.secagg.encoding import Segment
@@ -17,6 +19,7 @@ from fedge.privacy.secagg.params import GraphParameters
 
 HEAD = """
 const sk = await import("/client/skellam.js");
+const { gaussian, privatizeLocally } = await import("/client/train.js");
 const sa = await import("/client/secagg.js");
 const random = sa.uniformSource();
 """
@@ -213,3 +216,74 @@ def test_distributed_plans_are_parsed_and_bad_ones_refused(page):
     assert out["good"]["minSurvivors"] == 2
     for case, result in zip(bad, out["bad"], strict=True):
         assert result.get("name") == "SecAggUnsupported", (case, result)
+
+
+def test_gaussian_draws_are_standard_normal(page):
+    n = 100_000
+    out = js(
+        page,
+        """
+        const out = new Float64Array(args[0]);
+        for (let i = 0; i < out.length; i++) out[i] = gaussian(random);
+        return to64(new Uint8Array(out.buffer));
+        """,
+        n,
+    )
+    draws = floats(out)
+    assert stats.kstest(draws, "norm").pvalue > 1e-6
+    assert abs(draws.mean()) < 5 / math.sqrt(n)
+    stat = (n - 1) * draws.var(ddof=1)
+    assert stats.chi2.ppf(1e-6, n - 1) < stat < stats.chi2.ppf(1 - 1e-6, n - 1)
+
+
+@pytest.mark.parametrize("clip", [0.05, 100.0])  # clipped, and under the norm
+def test_local_dp_clips_and_noises_the_update_as_python_does(page, clip):
+    """With the same uniforms (a fixed list handed to both) the browser's privatized
+    update is Python's ``privatize`` with the same normals (Box–Muller), to float32."""
+    import torch
+
+    from fedge.federation.wire import encode_model, encode_update
+    from fedge.fl.types import ClientTask, ClientUpdate
+    from fedge.privacy.local import privatize
+
+    gen = torch.Generator().manual_seed(4)
+    initial = {"b.w": torch.randn(4, 3, generator=gen), "a.b": torch.randn(6, generator=gen)}
+    params = {k: v + 0.1 * torch.randn(v.shape, generator=gen) for k, v in initial.items()}
+    z, d = 0.7, 18
+    uniforms = np.random.default_rng(5).random(2 * d)
+    out = js(
+        page,
+        """
+        const [initialFile, updateFile, settings, uniforms] = args;
+        let next = 0;
+        const fixed = () => uniforms[next++];
+        const initial = st.decodeModel(b64(initialFile)).params;
+        const update = st.decodeUpdate(b64(updateFile));
+        const got = privatizeLocally(initial, update.params, settings, fixed);
+        return to64(st.encodeModel(got, {}, 0));
+        """,
+        b64(encode_model(initial, {}, model_version=0)),
+        b64(
+            encode_update(
+                ClientUpdate(client="d", params=params, num_samples=5, num_steps=1),
+                round=1,
+                model_version=0,
+            )
+        ),
+        {"clip_norm": clip, "noise_multiplier": z},
+        uniforms.tolist(),
+    )
+    from fedge.federation.wire import decode_model
+
+    got = decode_model(unb64(out))[1]
+    u1, u2 = uniforms[0::2], uniforms[1::2]  # per value: the radius's, then the angle's
+    normals = np.sqrt(-2 * np.log(1 - u1)) * np.cos(2 * np.pi * u2)
+    expected = privatize(
+        ClientTask(round=1, params=initial),
+        ClientUpdate(client="d", params=params, num_samples=5, num_steps=1),
+        clip_norm=clip,
+        noise_multiplier=z,
+        normal=lambda n: torch.from_numpy(normals[:n]),
+    ).params
+    for name, value in expected.items():
+        torch.testing.assert_close(got[name], value.float(), rtol=0, atol=1e-6)

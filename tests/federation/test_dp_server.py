@@ -1,6 +1,7 @@
 """DP-FedAvg on a real server: 3 client processes reach the model of the sequential
 simulation, noise included; the ledger has no amplification by sampling (checked against
-dp-accounting); with secure aggregation the clients clip and the server noises the sum."""
+dp-accounting); with secure aggregation the clients clip and the server noises the sum;
+with local DP each device noises its own update from its own entropy."""
 
 import dp_accounting
 import pytest
@@ -61,3 +62,34 @@ def test_secure_aggregation_with_central_dp_on_the_server(federation, tmp_path):
     got = _model(server.state, 1)
     for name, value in simulated.state.params.items():
         assert (got[name] - value).abs().max().item() < 1e-5, name
+
+
+def test_local_dp_on_the_server_each_device_noises_its_own_update(federation, tmp_path):
+    """dp = "local": 3 devices clip their deltas to C and add N(0, (z·C)²) before
+    uploading; the server averages them with equal weights. m·(w1 − w0) minus the clean sum
+    of the clipped deltas (recomputed here) is noise of variance m·(z·C)² per value, and it
+    is not the simulation's seeded noise (which a server could regenerate); the round's ε
+    is one Gaussian mechanism's (dp-accounting)."""
+    import numpy as np
+    import torch
+    from test_secure_aggregation import assert_sum_holds_the_planned_noise
+
+    from fedge.fl.types import flatten_by_name
+    from fedge.privacy.local import client_noise_generator
+
+    clip, z, devices = 0.5, 1.0, 3
+    data = experiment(name="dp-local", rounds=1)
+    data["privacy"] = {"dp": "local", "clip_norm": clip, "noise_multiplier": z}
+    server = federation(data)
+    wait_for_clients(start_clients(server, tmp_path, count=devices))
+    ended = round_records(server.state)
+    assert ended[1]["status"] == "closed", ended
+    assert ended[1]["epsilon"] == pytest.approx(_epsilons(z, 1e-5, 1)[0], rel=1e-9)
+    variance = devices * (z * clip) ** 2
+    noise = assert_sum_holds_the_planned_noise(server.state, data, clip, variance)
+    d = noise.size
+    for key in [*range(devices), *ended[1]["devices"]]:  # indices, then the device ids
+        seeded = torch.randn(d, generator=client_noise_generator(0, 1, key), dtype=torch.float64)
+        assert abs(np.corrcoef(noise, seeded.numpy())[0, 1]) < 0.2, key
+    start = flatten_by_name(_model(server.state, 0))
+    assert (flatten_by_name(_model(server.state, 1)) - start).abs().max() > 0.1 * z * clip

@@ -301,10 +301,10 @@ def test_keys_from_a_real_device_are_checked(secure_server):
     assert response.status_code == 409 and "must differ" in response.json()["error"]
 
 
-def assert_sum_holds_the_planned_noise(state, data, secure, clip):
-    """With distributed DP, FedAvg's step w1 = w0 + (noisy sum)/m: the noisy sum minus the
-    clean sum of the devices' deltas clipped to S (recomputed here) is noise of the variance
-    the round planned (a chi-square test); → the number of values."""
+def assert_sum_holds_the_planned_noise(state, data, clip, variance):
+    """With distributed or local DP, FedAvg's step w1 = w0 + (noisy sum)/m: the noisy sum
+    minus the clean sum of the devices' deltas clipped to S (recomputed here) is noise of
+    ``variance`` per value (a chi-square test); → the noise."""
     from scipy.stats import chi2
 
     initial = model(state, 0)
@@ -326,10 +326,14 @@ def assert_sum_holds_the_planned_noise(state, data, secure, clip):
     noisy = (flatten_by_name(model(state, 1)).double() - start) * devices
     noise = (noisy - clean).numpy()
     d = noise.size
-    variance = secure["noise_variance"] / secure["scale"] ** 2  # float units
     stat = float((noise**2).sum()) / variance
     assert chi2.ppf(1e-6, d) < stat < chi2.ppf(1 - 1e-6, d), (stat, d)
-    return d
+    return noise
+
+
+def distributed_variance(secure):
+    """The noise variance per value of a distributed-DP round's sum, in float units."""
+    return secure["noise_variance"] / secure["scale"] ** 2
 
 
 def test_with_distributed_dp_the_unmasked_sum_already_holds_the_clients_noise(federation, tmp_path):
@@ -357,7 +361,10 @@ def test_with_distributed_dp_the_unmasked_sum_already_holds_the_clients_noise(fe
     secure = ended[1]["secure_aggregation"]
     assert secure["dp"] == "distributed" and secure["summed"] == devices
 
-    d = assert_sum_holds_the_planned_noise(server.state, data, secure, clip)
+    noise = assert_sum_holds_the_planned_noise(
+        server.state, data, clip, distributed_variance(secure)
+    )
+    d = noise.size
     # planned for 3 survivors (30% dropouts of 3 is none), all 3 survived: μ = (z·B)²,
     # and B is at least the scaled clipping norm
     assert secure["noise_variance"] == pytest.approx((z * secure["norm_bound"]) ** 2, rel=1e-9)

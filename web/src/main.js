@@ -24,6 +24,7 @@ import {
   SecAggRefused,
   encode,
   parsePlan,
+  uniformSource,
 } from "./secagg.js";
 import { SpecModel } from "./spec.js";
 import * as store from "./store.js";
@@ -32,6 +33,7 @@ import {
   checkTraining,
   clientHalf,
   evaluate,
+  privatizeLocally,
   secureParts,
   shuffler,
   trainLocal,
@@ -224,7 +226,15 @@ async function train(task) {
     const extrasOut = {};
     for (const [group, tensors] of Object.entries(result.extras))
       extrasOut[group] = model.toTorch(tensors);
-    const params = model.toTorch(result.weights);
+    let params = model.toTorch(result.weights);
+    if (task.local_dp) {
+      // local DP: clipped and noised here, before the update is stored or sent
+      params = privatizeLocally(file.params, params, task.local_dp, uniformSource());
+      log(
+        `round ${task.round}: local DP: delta clipped to ${task.local_dp.clip_norm}, ` +
+          `Gaussian noise of std ${task.local_dp.noise_multiplier * task.local_dp.clip_norm} added`,
+      );
+    }
     const state = result.clientState
       ? encodeModel({}, { c: model.toTorch(result.clientState.c) }, task.model_version)
       : null;

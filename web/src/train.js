@@ -273,3 +273,42 @@ export function secureParts(plan, half, training, initial, update) {
   if (half.scaffold) parts.delta_c = flattenByName(update.extras.delta_c, names);
   return { parts, capped };
 }
+
+// ---- local differential privacy --------------------------------------------------------
+
+// One standard normal draw (Box–Muller) from uniforms in [0, 1) of `random`.
+export function gaussian(random) {
+  const radius = Math.sqrt(-2 * Math.log(1 - random())); // 1 − u ∈ (0, 1]: no log 0
+  return radius * Math.cos(2 * Math.PI * random());
+}
+
+// Local DP (fedge/privacy/local.py privatize): the delta from the round's `initial` weights
+// clipped to L2 norm C and N(0, (z·C)²) noise added to every value, from `random` (the
+// caller's crypto.getRandomValues uniforms: nobody else can reproduce the noise), before the
+// update leaves the device. `params` and `initial` are {name: {dtype, shape, data}}; → new
+// params in float32.
+export function privatizeLocally(initial, params, settings, random) {
+  const { clip_norm: clip, noise_multiplier: z } = settings;
+  if (!(clip > 0 && z > 0)) {
+    throw new UnsupportedTask("local DP needs a positive clip_norm and noise_multiplier");
+  }
+  const names = Object.keys(initial);
+  const start = flattenByName(initial, names);
+  const mine = flattenByName(params, names);
+  let squares = 0;
+  for (let i = 0; i < start.length; i++) squares += (mine[i] - start[i]) ** 2;
+  const norm = Math.sqrt(squares);
+  const factor = norm > clip ? clip / norm : 1;
+  const std = z * clip;
+  const out = {};
+  let offset = 0;
+  for (const name of [...names].sort()) {
+    const data = new Float32Array(params[name].data.length);
+    for (let i = 0; i < data.length; i++, offset++) {
+      const delta = (mine[offset] - start[offset]) * factor;
+      data[i] = start[offset] + delta + gaussian(random) * std;
+    }
+    out[name] = { ...params[name], data };
+  }
+  return out;
+}
