@@ -260,8 +260,13 @@ def test_hostile_secure_aggregation_requests_are_refused_and_change_nothing(secu
     [
         (
             {"dp": "local", "clip_norm": 1.0, "noise_multiplier": 1.0},
+            {"name": "scaffold"},
+            "local differential privacy does not support scaffold",
+        ),
+        (
+            {"dp": "local", "clip_norm": 1.0, "noise_multiplier": 1.0, "secure_aggregation": {}},
             None,
-            'dp = "local" is not built into the deployment',
+            "local DP under secure aggregation is distributed DP",
         ),
         (
             {"dp": "none", "secure_aggregation": {"max_weight": 10}},
@@ -275,7 +280,7 @@ def test_hostile_secure_aggregation_requests_are_refused_and_change_nothing(secu
         ),
     ],
 )
-def test_the_server_refuses_what_secure_aggregation_cannot_do(tmp_path, privacy, strategy, match):
+def test_the_server_refuses_privacy_settings_it_cannot_honour(tmp_path, privacy, strategy, match):
     import subprocess
 
     data = experiment(name="refused", strategy=strategy)
