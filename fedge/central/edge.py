@@ -335,7 +335,10 @@ class EdgeApp:
             name, version = str(meta["name"]), int(meta["version"])
         except (KeyError, TypeError, ValueError):
             return "version.json does not say which version it is"
-        problem = verify_version(self.publisher, name, version, signed, meta.get("signature"))
+        task = meta.get("task")
+        if task is not None and not isinstance(task, dict):
+            return "version.json's task is not a JSON object"
+        problem = verify_version(self.publisher, name, version, signed, meta.get("signature"), task)
         if problem is None and name != self.model:
             problem = f"it is a signed version of {name!r}, not of {self.model!r}"
         return problem

@@ -225,7 +225,9 @@ class ModelRegistry:
                 data_version=data_version,
                 config=config_data,
                 source=source,
-                signature=sign_version(key, name, n, hashes) if key is not None else None,
+                signature=sign_version(key, name, n, hashes, task_data)
+                if key is not None
+                else None,
                 task=task_data,
             ),
         )

@@ -5,11 +5,16 @@ File hashes and the ETag catch corruption and a careless proxy, but whoever can 
 download can rewrite its hashes too. With a publisher key, the registry signs each new
 version's statement, the canonical JSON of::
 
-    {"fedge": "model-version/1", "name": ..., "version": n, "files": {file: sha256, ...}}
+    {"fedge": "model-version/2", "name": ..., "version": n, "files": {file: sha256, ...},
+     "task": {...} or null}
 
 (sorted keys, no spaces), and stores the signature in the version's manifest and in the
 download bundle's ``version.json``. An edge app configured with the publisher's public key
-installs only versions whose signature verifies over the hashes of the files it got. The
+installs only versions whose signature verifies over the hashes of the files it got and
+the task its ``version.json`` records: the task sets how outputs are decoded and what the
+classes are called, so a rewritten task (a detector's category names swapped, its score
+threshold lowered) is refused like a rewritten file. (``model-version/1`` statements, which
+left the task out, no longer verify: register such versions again to sign them.) The
 private key never leaves the machine that registers models; devices hold the public key.
 
 Keys: ``fedge models keygen KEY`` writes a PEM private key (mode 0600) and prints the public
@@ -57,8 +62,16 @@ class Signature(BaseModel):
     ed25519: str
 
 
-def _statement(name: str, version: int, files: Mapping[str, str]) -> bytes:
-    body = {"fedge": "model-version/1", "name": name, "version": version, "files": dict(files)}
+def _statement(
+    name: str, version: int, files: Mapping[str, str], task: Mapping[str, Any] | None
+) -> bytes:
+    body = {
+        "fedge": "model-version/2",
+        "name": name,
+        "version": version,
+        "files": dict(files),
+        "task": None if task is None else dict(task),
+    }
     return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
 
 
@@ -143,17 +156,28 @@ def load_public_key(text: str) -> Ed25519PublicKey:
 
 
 def sign_version(
-    key: Ed25519PrivateKey, name: str, version: int, files: Mapping[str, str]
+    key: Ed25519PrivateKey,
+    name: str,
+    version: int,
+    files: Mapping[str, str],
+    task: Mapping[str, Any] | None = None,
 ) -> Signature:
-    """The signature of version ``version`` of ``name`` with file hashes ``files``."""
-    signature = key.sign(_statement(name, version, files))
+    """The signature of version ``version`` of ``name`` with file hashes ``files`` and the
+    ``task`` its manifest records."""
+    signature = key.sign(_statement(name, version, files, task))
     return Signature(key_id=key_id(key.public_key()), ed25519=base64.b64encode(signature).decode())
 
 
 def verify_version(
-    public: Ed25519PublicKey, name: str, version: int, files: Mapping[str, str], signature: Any
+    public: Ed25519PublicKey,
+    name: str,
+    version: int,
+    files: Mapping[str, str],
+    signature: Any,
+    task: Mapping[str, Any] | None = None,
 ) -> str | None:
-    """What is wrong with ``signature`` for this version (``None``: it verifies)."""
+    """What is wrong with ``signature`` for this version with ``task`` (``None``: it
+    verifies)."""
     if signature is None:
         return "it is not signed, and a publisher key is required"
     try:
@@ -164,7 +188,7 @@ def verify_version(
     if parsed.key_id != key_id(public):
         return f"it is signed by key {parsed.key_id}, not the publisher's {key_id(public)}"
     try:
-        public.verify(raw, _statement(name, version, files))
+        public.verify(raw, _statement(name, version, files, task))
     except InvalidSignature:
-        return "its signature does not match its files"
+        return "its signature does not match its files and task"
     return None

@@ -28,25 +28,31 @@ runner = CliRunner()
 FILES = {"model.onnx": "a" * 64, "model.json": "b" * 64}
 
 
-def test_a_signature_covers_name_version_and_every_file_hash():
+TASK = {"kind": "detection", "num_classes": 2, "categories": ["cat", "dog"]}
+
+
+def test_a_signature_covers_name_version_every_file_hash_and_the_task():
     key = Ed25519PrivateKey.generate()
     public = key.public_key()
-    signature = sign_version(key, "digits", 3, FILES).model_dump()
-    assert verify_version(public, "digits", 3, FILES, signature) is None
-    # The statement is the canonical JSON of name, version and hashes: checked here with
-    # the cryptography library directly, not through fedge.
-    statement = json.dumps(
-        {"fedge": "model-version/1", "name": "digits", "version": 3, "files": FILES},
-        sort_keys=True,
-        separators=(",", ":"),
-    ).encode()
-    public.verify(base64.b64decode(signature["ed25519"]), statement)
-    for name, version, files in (
-        ("other", 3, FILES),
-        ("digits", 4, FILES),
-        ("digits", 3, {**FILES, "model.onnx": "c" * 64}),
+    signature = sign_version(key, "digits", 3, FILES, TASK).model_dump()
+    assert verify_version(public, "digits", 3, FILES, signature, TASK) is None
+    # The statement is the canonical JSON of name, version, hashes and task: checked here
+    # with the cryptography library directly, not through fedge.
+    body = {"fedge": "model-version/2", "name": "digits", "version": 3, "files": FILES}
+    statement = json.dumps({**body, "task": TASK}, sort_keys=True, separators=(",", ":"))
+    public.verify(base64.b64decode(signature["ed25519"]), statement.encode())
+    swapped = {**TASK, "categories": ["dog", "cat"]}
+    for name, version, files, task in (
+        ("other", 3, FILES, TASK),
+        ("digits", 4, FILES, TASK),
+        ("digits", 3, {**FILES, "model.onnx": "c" * 64}, TASK),
+        ("digits", 3, FILES, swapped),
+        ("digits", 3, FILES, None),
     ):
-        assert "does not match" in verify_version(public, name, version, files, signature)
+        assert "does not match" in verify_version(public, name, version, files, signature, task)
+    untasked = sign_version(key, "digits", 3, FILES).model_dump()  # "task": null
+    assert verify_version(public, "digits", 3, FILES, untasked) is None
+    assert "does not match" in verify_version(public, "digits", 3, FILES, untasked, TASK)
     stranger = Ed25519PrivateKey.generate().public_key()
     assert "not the publisher's" in verify_version(stranger, "digits", 3, FILES, signature)
     assert "not signed" in verify_version(public, "digits", 3, FILES, None)
@@ -77,7 +83,8 @@ def publisher(tmp_path_factory):
 
 def registry_with(root, name, key, seed):
     registry = ModelRegistry(LocalStore(root), signing_key=key)
-    publish_model(registry, name, SPEC, build_model(SPEC, seed=seed).state_dict())
+    task = {"kind": "classification", "num_classes": 10, "categories": list("0123456789")}
+    publish_model(registry, name, SPEC, build_model(SPEC, seed=seed).state_dict(), task=task)
     registry.promote(name, 1)
     return registry
 
@@ -95,7 +102,18 @@ def test_edge_installs_only_what_the_publisher_signed(tmp_path, publisher, serve
     with serve_process(honest.store.root, log=tmp_path / "h.log") as good:
         EdgeApp("digits", good, cache, publisher_key=public).update()
     expected = EdgeApp("digits", None, cache, publisher_key=public).predict(x).labels
-    attackers = {"unsigned": (unsigned, "not signed"), "forged": (forged, "not the publisher's")}
+    # And the honest, signed version with its task rewritten where it is stored: the class
+    # names a device shows are the task's.
+    renamed = registry_with(tmp_path / "renamed", "digits", key, seed=1)
+    manifest = renamed.store.root / "models" / "digits" / "versions" / "1.json"
+    stored = json.loads(manifest.read_text())
+    stored["task"] = {"kind": "classification", "num_classes": 10, "categories": list("ABCDEFGHIJ")}
+    manifest.write_text(json.dumps(stored))
+    attackers = {
+        "unsigned": (unsigned, "not signed"),
+        "forged": (forged, "not the publisher's"),
+        "renamed": (renamed, "does not match its files and task"),
+    }
     for kind, (registry, reason) in attackers.items():
         with serve_process(registry.store.root, log=tmp_path / "a.log") as evil:
             with pytest.raises(ServingError, match=reason):
