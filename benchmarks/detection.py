@@ -23,7 +23,10 @@ Inference Protocol endpoint (``/v2/models/detector/infer``, ``detections`` outpu
 the PyTorch model's decoded rows to 1e-4. Then the load generator of
 ``benchmarks/serve.py`` (closed loop, in its own process) drives each endpoint at each
 ``--concurrency`` for ``--serve-seconds`` after ``--serve-warmup``, and reports
-requests/s, images/s and p50/p99 latency. The baseline, measured in the same run: plain
+requests/s, images/s and p50/p99 latency. ``--endpoints png`` adds ``/predict`` with the
+first image as a PNG body (``Content-Type: image/png``, the 8-bit pixels a camera gives;
+checked first to get the JSON answer of the same pixels / 255). The baseline, measured in
+the same run: plain
 PyTorch forward + decode of the same canvases in this process, no HTTP, at a batch of
 concurrency × images per request (by default 1 and 32; images/s and p50/p99 per call);
 the ratio printed is served images/s over plain images/s at that batch. Server, load
@@ -60,6 +63,7 @@ writes the history and the serving numbers.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import platform
@@ -190,6 +194,35 @@ def check_answers(
     return result
 
 
+JSON = "application/json"
+
+
+def png_body(x: torch.Tensor) -> bytes:
+    """The first image of ``x`` as the PNG file a device would post (8-bit, rounded)."""
+    from PIL import Image
+
+    pixels = np.round(x[0].numpy() * 255).astype(np.uint8)
+    mode = {1: "L", 3: "RGB"}[pixels.shape[0]]
+    out = io.BytesIO()
+    Image.fromarray(pixels[0] if mode == "L" else pixels.transpose(1, 2, 0), mode).save(out, "PNG")
+    return out.getvalue()
+
+
+def png_equals_json(url: str, x: torch.Tensor) -> bool:
+    """The PNG body's answer is the JSON answer for the same 8-bit pixels / 255."""
+    pixels = np.round(x[:1].numpy() * 255).astype(np.float32) / 255
+    wanted = httpx.post(
+        f"{url}/predict", json={"model": MODEL, "instances": pixels.tolist()}, timeout=60
+    ).json()
+    got = httpx.post(
+        f"{url}/predict?model={MODEL}",
+        content=png_body(x),
+        headers={"Content-Type": "image/png"},
+        timeout=60,
+    ).json()
+    return got == wanted
+
+
 def serve_benchmark(
     args: argparse.Namespace,
     spec: ModelSpec,
@@ -210,9 +243,10 @@ def serve_benchmark(
             f"p50 {r['p50_ms']:7.2f} ms  p99 {r['p99_ms']:7.2f} ms per call",
             flush=True,
         )
-    bodies = {
-        "predict": ("/predict", {"instances": x.numpy().tolist()}),
-        "v2": (f"/v2/models/{MODEL}/infer", v2_body(x)),
+    bodies: dict[str, tuple[str, bytes, str]] = {
+        "predict": ("/predict", json.dumps({"instances": x.numpy().tolist()}).encode(), JSON),
+        "v2": (f"/v2/models/{MODEL}/infer", json.dumps(v2_body(x)).encode(), JSON),
+        "png": (f"/predict?model={MODEL}", png_body(x), "image/png"),
     }
     results: dict[str, Any] = {"baseline": baseline}
     with tempfile.TemporaryDirectory() as tmp:
@@ -224,8 +258,10 @@ def serve_benchmark(
         cmd += ["--max-delay-ms", str(args.max_delay_ms)]
         cmd += ["--threads", str(args.threads or os.cpu_count())]
         with server(cmd, "/v2/health/ready", Path(tmp) / "serve.log") as url:
-            load_body = json.dumps(bodies["predict"][1]).encode()
+            load_body = bodies["predict"][1]
             check = check_answers(url, model, task, x_test[:4], load_body, len(x))
+            if "png" in args.endpoints:
+                check["png_equals_json"] = png_equals_json(url, x)
             results["check"] = check
             print(
                 f"check: documented shape {'yes' if check['shape_ok'] else 'NO'}; "
@@ -234,11 +270,13 @@ def serve_benchmark(
                 f"({'ok' if check['ok'] else 'MISMATCH'}, tolerance 1e-4)",
                 flush=True,
             )
+            if "png_equals_json" in check:
+                same = "yes" if check["png_equals_json"] else "NO"
+                print(f"check: PNG body answers as JSON of the same pixels: {same}", flush=True)
             for endpoint in args.endpoints:
-                path, body = bodies[endpoint]
-                data = json.dumps(body).encode()
+                path, data, media = bodies[endpoint]
                 for c in args.concurrency:
-                    r = generate(url, data, c, args.serve_seconds, args.serve_warmup, path)
+                    r = generate(url, data, c, args.serve_seconds, args.serve_warmup, path, media)
                     r["images_per_s"] = r["requests_per_s"] * len(x)
                     results.setdefault(endpoint, {})[c] = r
                     batch = c * len(x)
@@ -354,7 +392,7 @@ def main() -> None:
     parser.add_argument("--serve-warmup", type=float, default=1.0, help="unmeasured per case")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32])
     parser.add_argument(
-        "--endpoints", nargs="+", choices=["predict", "v2"], default=["predict", "v2"]
+        "--endpoints", nargs="+", choices=["predict", "v2", "png"], default=["predict", "v2"]
     )
     parser.add_argument("--images-per-request", type=int, default=1)
     parser.add_argument("--max-delay-ms", type=float, default=2.0, help="fedge serve batching")

@@ -117,7 +117,13 @@ class _Connection:
 
 
 async def load(
-    url: str, body: bytes, concurrency: int, seconds: float, warmup: float, path: str = "/predict"
+    url: str,
+    body: bytes,
+    concurrency: int,
+    seconds: float,
+    warmup: float,
+    path: str = "/predict",
+    media: str = "application/json",
 ) -> dict:
     """Closed-loop load: ``concurrency`` connections, each with one request in flight,
     each request ``POST path`` with ``body``.
@@ -129,7 +135,7 @@ async def load(
     parsed = httpx.URL(url)
     host, port = parsed.host, parsed.port
     raw = (
-        f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+        f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: {media}\r\n"
         f"Content-Length: {len(body)}\r\n\r\n"
     ).encode() + body
     latencies: list[float] = []
@@ -168,10 +174,16 @@ async def load(
 
 
 def generate(
-    url: str, body: bytes, concurrency: int, seconds: float, warmup: float, path: str = "/predict"
+    url: str,
+    body: bytes,
+    concurrency: int,
+    seconds: float,
+    warmup: float,
+    path: str = "/predict",
+    media: str = "application/json",
 ) -> dict:
     """:func:`load` in a separate process (this script with ``--generate``)."""
-    args = [url, str(concurrency), str(seconds), str(warmup), path]
+    args = [url, str(concurrency), str(seconds), str(warmup), path, media]
     out = subprocess.run(
         [sys.executable, __file__, "--generate", *args],
         input=body,
@@ -249,16 +261,17 @@ def ensure_flask() -> None:
 
 
 def main() -> None:
-    if len(sys.argv) == 7 and sys.argv[1] == "--generate":
-        url, c, seconds, warmup, path = (
+    if len(sys.argv) == 8 and sys.argv[1] == "--generate":
+        url, c, seconds, warmup, path, media = (
             sys.argv[2],
             int(sys.argv[3]),
             float(sys.argv[4]),
             float(sys.argv[5]),
             sys.argv[6],
+            sys.argv[7],
         )
         body = sys.stdin.buffer.read()
-        print(json.dumps(asyncio.run(load(url, body, c, seconds, warmup, path))))
+        print(json.dumps(asyncio.run(load(url, body, c, seconds, warmup, path, media))))
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32, 200])

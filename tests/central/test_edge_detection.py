@@ -5,6 +5,7 @@ A tiny detector trained for a few steps on 32×32 canvases (the plumbing matters
 its accuracy), registered twice: as the job registers it, and with category names.
 """
 
+import io
 import json
 import math
 import re
@@ -174,6 +175,59 @@ def test_json_output_is_the_servers_answer(url, edge, canvases, tmp_path):
     result = edge("detector", tmp_path / "x.npy", *FLAGS, "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.output) == server_rows(url, "detector", x, **OPTIONS)
+
+
+# --- an image as the request body -------------------------------------------------------------
+
+
+def post_image(url, data, media="image/png", **query):
+    params = {"model": "detector", **query}
+    headers = {"Content-Type": media}
+    return httpx.post(f"{url}/predict", content=data, params=params, headers=headers, timeout=30)
+
+
+def test_a_png_body_gets_the_rows_of_its_pixels_as_json_instances(url, pictures):
+    """A device posts the picture it took: the answer is the JSON answer for its pixels
+    divided by 255, exactly (the same float32 input, the same decoding)."""
+    paths, pixels = pictures
+    for path, image in zip(paths, pixels, strict=True):
+        answer = post_image(url, path.read_bytes(), **OPTIONS)
+        assert answer.status_code == 200, answer.text
+        x = image[None, None].astype(np.float32) / 255.0
+        assert answer.json() == server_rows(url, "detector", x, **OPTIONS)
+        assert len(answer.json()["prediction"][0]) == 3
+    # JPEG too (lossy: its own pixels, read back as the server reads them)
+    jpeg = io.BytesIO()
+    Image.fromarray(pixels[0], "L").save(jpeg, "JPEG", quality=95)
+    decoded = np.asarray(Image.open(io.BytesIO(jpeg.getvalue())))[None, None] / np.float32(255)
+    answer = post_image(url, jpeg.getvalue(), "image/jpeg", **OPTIONS)
+    assert answer.json() == server_rows(url, "detector", decoded, **OPTIONS)
+
+
+def _png(mode, size):
+    out = io.BytesIO()
+    Image.new(mode, size).save(out, "PNG")
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (_png("L", (40, 24)), "is 40x24 pixels; the model takes 32x32"),
+        (_png("RGB", (SIZE, SIZE)), "is RGB; the model takes grayscale (L) images"),
+        (_png("RGBA", (SIZE, SIZE)), "has mode 'RGBA': use 8-bit grayscale"),
+        (b"\x89PNG\r\n\x1a\n not really", "is corrupt or not an image"),
+        (b"", "is corrupt or not an image"),
+        # 81 million pixels in an 80 kB file: refused from its header, never decoded
+        (_png("L", (9_000, 9_000)), "is 9000x9000 pixels"),
+    ],
+    ids=["wrong size", "wrong channels", "alpha", "corrupt", "empty", "bomb"],
+)
+def test_a_bad_image_body_is_refused_with_its_reason(url, data, message):
+    answer = post_image(url, data)
+    assert answer.status_code == 400, answer.text
+    assert message in answer.json()["error"]
+    assert httpx.get(f"{url}/v2/health/ready", timeout=10).status_code == 200
 
 
 # --- text output, image files ---------------------------------------------------------------

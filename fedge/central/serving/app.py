@@ -18,7 +18,11 @@ Endpoints (``{name}`` is a registry model, served at the version its alias point
                                                a detector answers ``{"prediction": [[[class,
                                                score, xmin, ymin, xmax, ymax], ...], ...]}``,
                                                corners in [0, 1], with ``score_threshold``
-                                               and ``max_detections`` from the body or query
+                                               and ``max_detections`` from the body or query;
+                                               or the body is one PNG or JPEG image
+                                               (``Content-Type: image/png`` or
+                                               ``image/jpeg``) of the model's size, read as
+                                               training images are (pixels / 255)
 ``GET /v2/models/{name}[/versions/{v}]/download``  zip of model.onnx, model.json,
                                                version.json (``?format=onnx``: the ONNX
                                                file alone); ``ETag`` is model.onnx's SHA-256,
@@ -62,10 +66,13 @@ from fedge.central.serving.http import etag_matches, json_error, read_body
 from fedge.central.serving.models import LoadedModel, ModelPool
 from fedge.central.serving.payload import (
     DETECTION_OUTPUTS,
+    IMAGE_TYPES,
     OUTPUTS,
+    Body,
     detection_options,
     detection_outputs_for,
     outputs_for,
+    parse_image,
     parse_infer,
     parse_json,
     parse_predict,
@@ -108,6 +115,14 @@ def _json_body(model: type[BaseModel]) -> dict[str, Any]:
     return {
         "requestBody": {"required": True, "content": {"application/json": {"schema": _ref(model)}}}
     }
+
+
+def _predict_body() -> dict[str, Any]:
+    """``/predict`` takes JSON instances, or one image file."""
+    extra = _json_body(PredictRequest)
+    image = {"schema": {"type": "string", "format": "binary"}}
+    extra["requestBody"]["content"].update({media: image for media in IMAGE_TYPES})
+    return extra
 
 
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -455,7 +470,7 @@ def create_app(registry: ModelRegistry, settings: ServeSettings | None = None) -
     @app.post(
         "/predict", tags=["inference"], response_model=PredictResponse,
         responses=_errors(400, 401, 403, 404, 408, 413, 503),
-        openapi_extra=_json_body(PredictRequest),
+        openapi_extra=_predict_body(),
     )  # fmt: skip
     async def predict(
         request: Request,
@@ -471,7 +486,15 @@ def create_app(registry: ModelRegistry, settings: ServeSettings | None = None) -
         """Classes and probabilities for a list of examples, or a detector's boxes."""
         state["in_flight"] += 1
         try:
-            body = await body_of(request)
+            media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+            image = media in IMAGE_TYPES
+            if image:  # the body is one image file; the model and options are in the query
+                raw = await read_body(
+                    request, settings.max_body_bytes, settings.body_timeout_seconds
+                )
+                body = Body({}, may_hold_bools=False)
+            else:
+                body = await body_of(request)
             name = body.get("model", model_query)
             if name is None:
                 served = sorted(pool().served)
@@ -496,7 +519,10 @@ def create_app(registry: ModelRegistry, settings: ServeSettings | None = None) -
                 [body.doc, {k: v for k, v in query.items() if v is not None}],
                 detection=model.is_detector,
             )
-            x = parse_predict(body, model.input_shape, settings.max_request_rows)
+            if image:
+                x = parse_image(raw, model.input_shape)
+            else:
+                x = parse_predict(body, model.input_shape, settings.max_request_rows)
             result = await model.batcher.submit(x)
         finally:
             state["in_flight"] -= 1

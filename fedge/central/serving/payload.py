@@ -30,7 +30,8 @@ import numpy as np
 import orjson
 
 from fedge.central.edge import softmax
-from fedge.errors import RequestRejected
+from fedge.errors import DataError, RequestRejected
+from fedge.images import read_image
 from fedge.tasks.responses import decode_detections
 
 __all__ = [
@@ -165,6 +166,32 @@ def _instances(
     raise RequestRejected(
         f"each of the {what} must have shape {list(shape)} (or {size} numbers flat), got {got}"
     )
+
+
+#: Media types ``/predict`` reads as one image (the body is the file).
+IMAGE_TYPES = ("image/png", "image/jpeg")
+
+
+def parse_image(data: bytes, input_shape: Sequence[int]) -> np.ndarray:
+    """A ``/predict`` body that is a PNG or JPEG file: one example, its 8-bit pixels divided
+    by 255 as training images are (:func:`fedge.central.edge_images.load_image`), of the
+    model's exact size and channels (grayscale for 1, RGB for 3); no resizing."""
+    shape = tuple(input_shape)
+    if len(shape) != 3 or shape[0] not in (1, 3):
+        raise RequestRejected(
+            f"this model takes inputs of shape {list(shape)}, not images: send JSON instances"
+        )
+    try:
+        pixels = read_image(data, "the request's image", size=(shape[1], shape[2]))
+    except DataError as exc:
+        raise RequestRejected(str(exc)) from None
+    if pixels.shape[0] != shape[0]:
+        mode = {1: "grayscale (L)", 3: "RGB"}
+        raise RequestRejected(
+            f"the request's image is {mode[pixels.shape[0]]}; the model takes "
+            f"{mode[shape[0]]} images"
+        )
+    return (pixels.astype(np.float32) / 255.0)[None]
 
 
 def parse_predict(body: Body, input_shape: Sequence[int], max_rows: int) -> np.ndarray:
