@@ -76,7 +76,7 @@ def js(driver, body, *args):
 
 
 @pytest.fixture
-def page(origin, browser):  # noqa: F811
+def page(origin, browser):
     """The browser on a document of ``origin`` (the module itself: no page script runs)."""
     browser.get(origin.url + "/client/secagg.js")
     return browser

@@ -54,8 +54,8 @@ return { parts, capped: got.capped };
     ],
 )
 def test_the_browsers_secure_summands_equal_the_python_clients(
-    page,  # noqa: F811 (the fixtures, imported)
-    browser,  # noqa: F811
+    page,
+    browser,
     name,
     num_samples,
     num_steps,
@@ -119,7 +119,7 @@ def test_the_browsers_secure_summands_equal_the_python_clients(
 
 def test_a_browser_takes_part_in_a_secure_round_with_python_devices(
     federation,
-    browser,  # noqa: F811 (the fixture, imported)
+    browser,
     tmp_path,
 ):
     """SecAgg+ on a real server with one browser and five `fedge client` processes, one of
@@ -165,9 +165,25 @@ def test_a_browser_takes_part_in_a_secure_round_with_python_devices(
     assert (moved - without).abs().max().item() > 1e-3
 
 
+def one_round_with_a_browser(federation, browser, tmp_path, data, devices):
+    """Round 1 of ``data`` (full-batch local SGD, so that the browser's update can be
+    recomputed here) with the browser as the last of ``devices`` devices and `fedge client`
+    processes as the others; → the server, once every device has finished."""
+    data["client"] = {**data["client"], "batch_size": 10_000, "epochs": 2}
+    server = federation(data)
+    x, y = partition(server.config, devices - 1)
+    np.savez(tmp_path / "mine.npz", x=x, y=y)
+    clients = start_clients(server, tmp_path / "clients", count=devices - 1)
+    join(browser, server.url, tmp_path / "mine.npz")
+    wait_for(browser, "status", lambda text: text.startswith("finished"), timeout=240)
+    wait_for_clients(clients)
+    assert text_of(browser, "accepted") == "1" and text_of(browser, "error") == ""
+    return server
+
+
 def test_a_browser_adds_its_share_of_distributed_dp_noise(
     federation,
-    browser,  # noqa: F811 (the fixture, imported)
+    browser,
     tmp_path,
 ):
     """Distributed DP with one browser and two `fedge client` processes: the sum the server
@@ -176,23 +192,15 @@ def test_a_browser_adds_its_share_of_distributed_dp_noise(
     leave a third of it missing, far outside the test's bounds."""
     from test_secure_aggregation import assert_sum_holds_the_planned_noise, distributed_variance
 
-    clip, devices, mine = 0.5, 3, 2
+    clip, devices = 0.5, 3
     data = experiment(name="browser-distributed", rounds=1, over_selection=1.0)
-    data["client"] = {**data["client"], "batch_size": 10_000, "epochs": 2}
     data["privacy"] = {
         "dp": "distributed",
         "clip_norm": clip,
         "noise_multiplier": 1.0,
         "secure_aggregation": {"stage_seconds": 10.0},
     }
-    server = federation(data)
-    x, y = partition(server.config, mine)
-    np.savez(tmp_path / "mine.npz", x=x, y=y)
-    clients = start_clients(server, tmp_path / "clients", count=devices - 1)
-    join(browser, server.url, tmp_path / "mine.npz")
-    wait_for(browser, "status", lambda text: text.startswith("finished"), timeout=240)
-    wait_for_clients(clients)
-    assert text_of(browser, "accepted") == "1" and text_of(browser, "error") == ""
+    server = one_round_with_a_browser(federation, browser, tmp_path, data, devices)
     ended = round_records(server.state)
     assert ended[1]["status"] == "closed", ended
     secure = ended[1]["secure_aggregation"]
@@ -202,7 +210,7 @@ def test_a_browser_adds_its_share_of_distributed_dp_noise(
 
 def test_a_browser_noises_its_own_update_under_local_dp(
     federation,
-    browser,  # noqa: F811 (the fixture, imported)
+    browser,
     tmp_path,
 ):
     """dp = "local" with one browser and two `fedge client` processes: every device clips
@@ -211,18 +219,10 @@ def test_a_browser_noises_its_own_update_under_local_dp(
     3·(z·C)² per value, the browser's third included."""
     from test_secure_aggregation import assert_sum_holds_the_planned_noise
 
-    clip, z, devices, mine = 0.5, 1.0, 3, 2
+    clip, z, devices = 0.5, 1.0, 3
     data = experiment(name="browser-local-dp", rounds=1)
-    data["client"] = {**data["client"], "batch_size": 10_000, "epochs": 2}
     data["privacy"] = {"dp": "local", "clip_norm": clip, "noise_multiplier": z}
-    server = federation(data)
-    x, y = partition(server.config, mine)
-    np.savez(tmp_path / "mine.npz", x=x, y=y)
-    clients = start_clients(server, tmp_path / "clients", count=devices - 1)
-    join(browser, server.url, tmp_path / "mine.npz")
-    wait_for(browser, "status", lambda text: text.startswith("finished"), timeout=240)
-    wait_for_clients(clients)
-    assert text_of(browser, "accepted") == "1" and text_of(browser, "error") == ""
+    server = one_round_with_a_browser(federation, browser, tmp_path, data, devices)
     assert "local DP: delta clipped to 0.5" in text_of(browser, "log")
     ended = round_records(server.state)
     assert ended[1]["status"] == "closed" and len(ended[1]["devices"]) == devices, ended

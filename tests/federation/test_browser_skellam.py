@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from scipy import stats
 from test_browser_client import b64, browser, chromium, origin, run_js, unb64  # noqa: F401
+from test_browser_secagg import page  # noqa: F401 (a document of the origin, no page script)
 
 from fedge.privacy.secagg import RoundPlan, RoundSetup, SkellamCodec
 from fedge.privacy.secagg.encoding import Segment
@@ -27,12 +28,6 @@ const random = sa.uniformSource();
 
 def js(driver, body, *args):
     return run_js(driver, HEAD + body, *args)
-
-
-@pytest.fixture
-def page(origin, browser):  # noqa: F811
-    browser.get(origin.url + "/client/skellam.js")
-    return browser
 
 
 def floats(text: str) -> np.ndarray:

@@ -52,22 +52,31 @@ def secure_experiment(name="secagg", rounds=1, devices=DEVICES, **secagg):
     return data
 
 
-def contributions(data, initial):
-    """Each device's ω_k·Δ_k and ω_k, recomputed here as its client computes them."""
+def device_deltas(data, initial):
+    """Each device's delta Δ_k (float64) and sample count after round 1 from ``initial``,
+    recomputed here as its client trains (the same data, stream and local SGD)."""
     config = parse_config(data)
     devices = config.partition.num_clients
     fed = prepare(config)
     local = LocalTraining(**config.client.model_dump())
     strategy = make_strategy(config.strategy, num_clients=devices, local=local)
-    model = fast_layout(build_model(fed.spec))
+    net = fast_layout(build_model(fed.spec))
+    start = flatten_by_name(initial).double()
     out = {}
     for k in range(devices):
         x, y = fed.clients.client(k)
         task = ClientTask(round=1, params=initial)
         gen = client_generator(config.seed, 1, k)
-        update = train_client(model, strategy, task, x, y, local, gen, client_index=k)
-        w = min(len(y), MAX_WEIGHT) / MAX_WEIGHT
-        delta = flatten_by_name(update.params).double() - flatten_by_name(initial).double()
+        update = train_client(net, strategy, task, x, y, local, gen, client_index=k)
+        out[k] = (flatten_by_name(update.params).double() - start, len(y))
+    return out
+
+
+def contributions(data, initial):
+    """Each device's ω_k·Δ_k and ω_k, as its client computes them."""
+    out = {}
+    for k, (delta, samples) in device_deltas(data, initial).items():
+        w = min(samples, MAX_WEIGHT) / MAX_WEIGHT
         out[k] = (w * delta, w)
     return out
 
@@ -313,20 +322,11 @@ def assert_sum_holds_the_planned_noise(state, data, clip, variance):
     from scipy.stats import chi2
 
     initial = model(state, 0)
-    config = parse_config(data)
-    devices = config.partition.num_clients
-    fed = prepare(config)
-    local = LocalTraining(**config.client.model_dump())
-    strategy = make_strategy(config.strategy, num_clients=devices, local=local)
-    net = fast_layout(build_model(fed.spec))
+    deltas = device_deltas(data, initial)
+    devices = len(deltas)
     start = flatten_by_name(initial).double()
     clean = torch.zeros_like(start)
-    for k in range(devices):
-        x, y = fed.clients.client(k)
-        gen = client_generator(config.seed, 1, k)
-        task = ClientTask(round=1, params=initial)
-        update = train_client(net, strategy, task, x, y, local, gen, client_index=k)
-        delta = flatten_by_name(update.params).double() - start
+    for delta, _ in deltas.values():
         clean += delta * min(1.0, clip / float(delta.norm()))
     noisy = (flatten_by_name(model(state, 1)).double() - start) * devices
     noise = (noisy - clean).numpy()
