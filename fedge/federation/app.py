@@ -245,6 +245,8 @@ def create_app(server: FederationServer) -> FastAPI:
         answer = await server.checkin(device_of(request), hold=wait)
         if isinstance(answer, Wait):
             response.headers["Retry-After"] = str(max(1, round(answer.retry_after)))
+        if isinstance(answer, Task):  # without the extensions it does not use
+            return JSONResponse(answer.to_wire())  # type: ignore[return-value]
         return answer
 
     @app.get(

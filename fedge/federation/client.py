@@ -42,8 +42,9 @@ from typing import Any
 import httpx
 import numpy as np
 import torch
-from pydantic import TypeAdapter
+from pydantic import TypeAdapter, ValidationError
 
+from fedge import __version__
 from fedge.config import StrategyConfig
 from fedge.errors import ConfigError, ProtocolError, Unauthorized
 from fedge.federation.protocol import Task
@@ -65,7 +66,7 @@ from fedge.privacy.secagg.messages import (
 )
 from fedge.sim.build import make_strategy
 
-__all__ = ["ClientSettings", "FederatedClient"]
+__all__ = ["ClientSettings", "FederatedClient", "parse_task"]
 
 _STRATEGY = TypeAdapter(StrategyConfig)
 _RETRYABLE = {429, 500, 502, 503, 504, 507}
@@ -265,7 +266,7 @@ class FederatedClient:
             return "finished", 0.0
         if body["status"] == "wait":
             return "wait", float(body["retry_after"])
-        self._train(identity, Task.model_validate(body))
+        self._train(identity, parse_task(body))
         return "trained", 0.0
 
     def _download(self, identity: dict[str, str], url: str) -> bytes:
@@ -467,6 +468,27 @@ class FederatedClient:
 
     def close(self) -> None:
         self.http.close()
+
+
+def parse_task(body: dict[str, Any]) -> Task:
+    """A check-in's task, or a :class:`ProtocolError` that says why this device cannot take
+    it: a field it does not know means the server asks for something (secure aggregation,
+    local DP, ...) that this version of fedge cannot do, and ignoring it could skip a
+    privacy measure the federation relies on."""
+    try:
+        return Task.model_validate(body)
+    except ValidationError as exc:
+        unknown = [
+            ".".join(map(str, e["loc"])) for e in exc.errors() if e["type"] == "extra_forbidden"
+        ]
+        if unknown:
+            raise ProtocolError(
+                f"the server's task asks for {', '.join(unknown)}, which this version of fedge "
+                f"({__version__}) does not know: upgrade fedge on this device"
+            ) from None
+        first = exc.errors()[0]
+        where = ".".join(map(str, first["loc"]))
+        raise ProtocolError(f"the server sent a malformed task ({where}: {first['msg']})") from None
 
 
 def _error_text(response: httpx.Response) -> str:

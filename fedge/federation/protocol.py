@@ -2,6 +2,12 @@
 
 Python clients, browser clients and the server share these shapes; the server's OpenAPI
 document (``/openapi.json``) is generated from them.
+
+Messages refuse fields they do not know, so a device never ignores something the server
+asks of it (such as adding noise). The optional parts of a task that later versions added
+(secure aggregation, local DP) are therefore left out of the JSON when unused: a device of
+an earlier version still takes ordinary rounds, and refuses, saying why, only the rounds
+that need what it cannot do.
 """
 
 from __future__ import annotations
@@ -108,6 +114,18 @@ class Task(_Message):
             "N(0, (noise_multiplier·clip_norm)²) noise from its own entropy before uploading."
         ),
     )
+
+    def to_wire(self) -> dict[str, Any]:
+        """The task as JSON, without the extensions it does not use (see the module)."""
+        data = self.model_dump(mode="json")
+        for name in _EXTENSIONS:
+            if data.get(name) is None:
+                data.pop(name, None)
+        return data
+
+
+#: Optional task fields added after the first protocol version (left out when unused).
+_EXTENSIONS = ("secure_aggregation", "secagg_url", "local_dp")
 
 
 class Wait(_Message):
