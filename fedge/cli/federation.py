@@ -109,6 +109,13 @@ def client(
     max_backoff: Annotated[
         float, typer.Option(help="Longest wait in seconds between retries of a failed request.")
     ] = 30.0,
+    require: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Refuse rounds without this protection (repeatable): secure-aggregation "
+            "(the server sees only a sum), noise (DP noise added on the device)."
+        ),
+    ] = None,
     quiet: Annotated[bool, typer.Option(help="Print nothing but errors.")] = False,
 ) -> None:
     """Train with a federation on this device's own data until the experiment finishes.
@@ -119,7 +126,10 @@ def client(
 
     x, y, default_state = _device_data(data, config, partition, overrides or [])
     settings = ClientSettings(
-        max_updates=max_updates, verify=ca_cert or True, max_backoff=max_backoff
+        max_updates=max_updates,
+        verify=ca_cert or True,
+        max_backoff=max_backoff,
+        require=tuple(require or ()),
     )
 
     def log(message: str) -> None:

@@ -66,7 +66,14 @@ from fedge.privacy.secagg.messages import (
 )
 from fedge.sim.build import make_strategy
 
-__all__ = ["ClientSettings", "FederatedClient", "parse_task"]
+__all__ = [
+    "REQUIREMENTS",
+    "ClientSettings",
+    "FederatedClient",
+    "PrivacyRefused",
+    "parse_task",
+    "unmet_requirements",
+]
 
 _STRATEGY = TypeAdapter(StrategyConfig)
 _RETRYABLE = {429, 500, 502, 503, 504, 507}
@@ -90,6 +97,13 @@ class ClientSettings:
         Stop after this many accepted updates (default: run until finished).
     verify:
         TLS verification: ``True``, ``False`` (tests only) or a CA bundle path.
+    require:
+        What this device's owner demands of every round before the device trains
+        (:data:`REQUIREMENTS`): ``"secure-aggregation"`` (the server only ever sees a sum of
+        masked updates) and ``"noise"`` (the device's update carries differential-privacy
+        noise before the server sees it: local DP, or distributed DP under secure
+        aggregation; central DP does not count, the server adds that noise itself). A round
+        that does not meet them stops the device with a :class:`PrivacyRefused`.
     """
 
     backoff: float = 0.5
@@ -98,6 +112,39 @@ class ClientSettings:
     long_poll: float = 10.0
     max_updates: int | None = None
     verify: bool | str = True
+    require: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.require) - set(REQUIREMENTS))
+        if unknown:
+            raise ConfigError(
+                f"unknown requirement {', '.join(unknown)}: choose from {', '.join(REQUIREMENTS)}"
+            )
+
+
+#: What a device may require of the rounds it trains in (``--require``).
+REQUIREMENTS = ("secure-aggregation", "noise")
+
+
+class PrivacyRefused(ProtocolError):
+    """The server asks this device to train in a round that lacks a protection its owner
+    requires (``--require``); the device trains nothing and sends nothing."""
+
+
+def unmet_requirements(task: Task, require: tuple[str, ...]) -> list[str]:
+    """What ``task``'s round lacks of ``require``, in words (empty: the round meets them)."""
+    plan = task.secure_aggregation
+    missing = []
+    if "secure-aggregation" in require and plan is None:
+        missing.append("secure aggregation (the server would see this device's update)")
+    noisy = task.local_dp is not None or (
+        plan is not None and plan.get("distributed_dp") is not None
+    )
+    if "noise" in require and not noisy:
+        missing.append(
+            "noise added on the device (local DP, or distributed DP under secure aggregation)"
+        )
+    return missing
 
 
 class FederatedClient:
@@ -287,6 +334,13 @@ class FederatedClient:
         return self._model[1]
 
     def _train(self, identity: dict[str, str], task: Task) -> None:
+        missing = unmet_requirements(task, self.settings.require)
+        if missing:
+            raise PrivacyRefused(
+                f"round {task.round} has no {' and no '.join(missing)}, which this device "
+                f"requires (--require {' '.join(self.settings.require)}): it trains nothing "
+                "and sends nothing"
+            )
         self._path("pending_state.safetensors").unlink(missing_ok=True)
         version, params, extras = decode_model(self._download(identity, task.model_url))
         if version != task.model_version:

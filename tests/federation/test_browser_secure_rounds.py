@@ -8,7 +8,7 @@ protocol itself against Python's is in ``test_browser_secagg.py``, the noise sam
 import numpy as np
 import pytest
 import torch
-from conftest import experiment, round_records, start_clients, wait_for_clients
+from conftest import SECRET, experiment, round_records, start_clients, wait_for_clients
 from test_browser_client import (  # noqa: F401
     b64,
     browser,
@@ -227,3 +227,31 @@ def test_a_browser_noises_its_own_update_under_local_dp(
     ended = round_records(server.state)
     assert ended[1]["status"] == "closed" and len(ended[1]["devices"]) == devices, ended
     assert_sum_holds_the_planned_noise(server.state, data, clip, devices * (z * clip) ** 2)
+
+
+def test_a_page_that_requires_secure_aggregation_refuses_a_plain_round(
+    federation, browser, tmp_path
+):
+    """#require=secure-aggregation in the page's address: a round without it is refused
+    before training, with the reason, and nothing is sent; an unknown requirement is
+    named."""
+    server = federation(experiment(name="browser-require", rounds=1))
+    x, y = partition(server.config, 0)
+    np.savez(tmp_path / "mine.npz", x=x, y=y)
+    browser.get(f"{server.url}/client#require=secure-aggregation")
+    wait_for(browser, "backend", lambda text: "TensorFlow.js" in text and " on " in text)
+    from selenium.webdriver.common.by import By
+
+    browser.find_element(By.ID, "secret").send_keys(SECRET)
+    browser.find_element(By.ID, "data-file").send_keys(str(tmp_path / "mine.npz"))
+    wait_for(browser, "data-info", lambda text: "examples" in text and "no examples" not in text)
+    browser.find_element(By.ID, "start").click()
+    message = wait_for(browser, "error", lambda text: "which this device requires" in text)
+    assert "has no secure aggregation" in message and "sends nothing" in message
+    assert text_of(browser, "status") == "stopped"
+    assert "training on" not in text_of(browser, "log")
+    current = server.status()["round"]
+    assert current["assigned"] == 1 and current["accepted"] == 0
+    browser.get("about:blank")  # a new document: a changed fragment alone would not reload
+    browser.get(f"{server.url}/client#require=secrecy")
+    wait_for(browser, "error", lambda text: "unknown requirement secrecy" in text)

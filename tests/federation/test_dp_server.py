@@ -81,7 +81,8 @@ def test_local_dp_on_the_server_each_device_noises_its_own_update(federation, tm
     data = experiment(name="dp-local", rounds=1)
     data["privacy"] = {"dp": "local", "clip_norm": clip, "noise_multiplier": z}
     server = federation(data)
-    wait_for_clients(start_clients(server, tmp_path, count=devices))
+    # devices whose owners demand noise added on the device: local DP has it
+    wait_for_clients(start_clients(server, tmp_path, "--require", "noise", count=devices))
     ended = round_records(server.state)
     assert ended[1]["status"] == "closed", ended
     assert ended[1]["epsilon"] == pytest.approx(_epsilons(z, 1e-5, 1)[0], rel=1e-9)
@@ -93,3 +94,64 @@ def test_local_dp_on_the_server_each_device_noises_its_own_update(federation, tm
         assert abs(np.corrcoef(noise, seeded.numpy())[0, 1]) < 0.2, key
     start = flatten_by_name(_model(server.state, 0))
     assert (flatten_by_name(_model(server.state, 1)) - start).abs().max() > 0.1 * z * clip
+
+
+@pytest.mark.parametrize("require", ["noise", "secure-aggregation"])
+def test_a_device_refuses_a_round_without_the_protection_its_owner_requires(
+    federation, tmp_path, require
+):
+    """Central DP: the server sees each update and adds the noise itself. A device started
+    with --require noise (or secure-aggregation) trains nothing, sends nothing, and says
+    why."""
+    server = federation({**experiment(name=f"dp-require-{require}", rounds=1), "privacy": PRIVACY})
+    (device,) = start_clients(server, tmp_path, "--require", require, count=1)
+    out, _ = device.communicate(timeout=120)
+    assert device.returncode == 5, out
+    assert "which this device requires (--require" in out and "sends nothing" in out
+    what = {"noise": "noise added on the device", "secure-aggregation": "secure aggregation"}
+    assert f"has no {what[require]}" in " ".join(out.split())
+    current = server.status()["round"]
+    assert current["assigned"] == 1 and current["accepted"] == 0
+
+
+def test_unmet_requirements_of_each_kind_of_round():
+    from fedge.federation.client import unmet_requirements
+    from fedge.federation.protocol import LocalDPSettings, Task
+
+    base = {
+        "round": 1,
+        "model_version": 0,
+        "training_round": 1,
+        "model_url": "/m",
+        "upload_url": "/u",
+        "deadline_seconds": None,
+        "seed": 0,
+        "num_devices": 3,
+        "training": {
+            "epochs": 1,
+            "batch_size": 8,
+            "lr": 0.1,
+            "momentum": 0.0,
+            "weight_decay": 0.0,
+            "drop_last": False,
+        },
+        "strategy": {"name": "fedavg"},
+        "spec": {},
+    }
+    rounds = {
+        "plain": Task(**base),
+        "secure": Task(**base, secure_aggregation={"context": "00"}, secagg_url="/s"),
+        "distributed": Task(**base, secure_aggregation={"distributed_dp": {}}, secagg_url="/s"),
+        "local": Task(**base, local_dp=LocalDPSettings(clip_norm=1.0, noise_multiplier=1.0)),
+    }
+    both = ("secure-aggregation", "noise")
+    met = {name: not unmet_requirements(task, both) for name, task in rounds.items()}
+    assert met == {"plain": False, "secure": False, "distributed": True, "local": False}
+    noise = {name: not unmet_requirements(task, ("noise",)) for name, task in rounds.items()}
+    assert noise == {"plain": False, "secure": False, "distributed": True, "local": True}
+    secure = {
+        name: not unmet_requirements(task, ("secure-aggregation",)) for name, task in rounds.items()
+    }
+    assert secure == {"plain": False, "secure": True, "distributed": True, "local": False}
+    assert all(not unmet_requirements(task, ()) for task in rounds.values())
+    assert len(unmet_requirements(rounds["plain"], both)) == 2

@@ -6,8 +6,9 @@
 // query: secret (the enrollment secret), data (the URL of an examples file: a data: URL
 // or a file on this server — for demos; the page says so), backend (a TensorFlow.js
 // backend: wasm, webgl or cpu; by default the fastest that works here, see backends.js),
-// wait (long-poll seconds, default 10). With both examples and credentials from the URL
-// the page starts on its own.
+// wait (long-poll seconds, default 10), require (comma-separated protections every round
+// must have, as `fedge client --require`: secure-aggregation, noise). With both examples
+// and credentials from the URL the page starts on its own.
 //
 // The device's examples: an .npz or JSON file (data.js), a folder of images with a
 // labels.csv, or drawings on the page's canvas (images.js).
@@ -155,7 +156,42 @@ export async function currentExamples(inputShape) {
   return { x: data.x, y: data.y, n: data.n, source: examples.source, kind };
 }
 
+// What this device's owner demands of every round before it trains (#require=…):
+// "secure-aggregation" (the server sees only a sum of masked updates) and "noise" (DP noise
+// added on the device: local DP, or distributed DP under secure aggregation; central DP
+// does not count, the server adds that noise itself).
+const REQUIREMENTS = ["secure-aggregation", "noise"];
+const required = (param("require") ?? "").split(",").filter(Boolean);
+
+class PrivacyRefused extends Error {
+  constructor(message) {
+    super(message);
+    this.name = "PrivacyRefused";
+  }
+}
+
+// What `task`'s round lacks of `required`, in words (fedge.federation.client).
+function unmetRequirements(task) {
+  const missing = [];
+  const plan = task.secure_aggregation;
+  if (required.includes("secure-aggregation") && !plan)
+    missing.push("secure aggregation (the server would see this device's update)");
+  const noisy = task.local_dp != null || plan?.distributed_dp != null;
+  if (required.includes("noise") && !noisy)
+    missing.push(
+      "noise added on the device (local DP, or distributed DP under secure aggregation)",
+    );
+  return missing;
+}
+
 async function train(task) {
+  const missing = unmetRequirements(task);
+  if (missing.length) {
+    throw new PrivacyRefused(
+      `Round ${task.round} has no ${missing.join(" and no ")}, which this device requires ` +
+        `(require=${required.join(",")}): it trains nothing and sends nothing.`,
+    );
+  }
   // Refuse a secure plan this page cannot take part in before training, not after.
   const plan = task.secure_aggregation ? parsePlan(task.secure_aggregation) : null;
   const half = clientHalf(task.strategy);
@@ -567,6 +603,13 @@ function setUpDrawing() {
 }
 
 async function main() {
+  const unknown = required.filter((r) => !REQUIREMENTS.includes(r));
+  if (unknown.length) {
+    throw new Error(
+      `unknown requirement ${unknown.join(", ")} in the page's address: choose from ` +
+        REQUIREMENTS.join(", "),
+    );
+  }
   if (param("secret")) {
     $("secret").value = param("secret");
     // Keep the secret out of the address bar and the history from now on.
