@@ -54,7 +54,13 @@ from fedge.fl.strategy import Strategy
 from fedge.fl.types import ClientTask, ClientUpdate, Params
 from fedge.models.spec import build_model, fast_layout, load_spec
 from fedge.privacy.local import device_normal, privatize
-from fedge.privacy.secagg import RoundPlan, SecAggAborted, SecAggClient, contribution
+from fedge.privacy.secagg import (
+    RoundPlan,
+    SecAggAborted,
+    SecAggClient,
+    SkellamCodec,
+    contribution,
+)
 from fedge.privacy.secagg.crypto import SecAggRefused
 from fedge.privacy.secagg.messages import (
     keys_to_json,
@@ -370,6 +376,11 @@ class FederatedClient:
             self._secure_round(identity, task, strategy, own, update)
             return
         if task.local_dp is not None:  # local DP: the noise is added before anything leaves
+            dp = task.local_dp
+            self.log(
+                f"round {task.round}: local DP: delta clipped to {dp.clip_norm:g}, Gaussian "
+                f"noise of std {dp.noise_multiplier * dp.clip_norm:g} added"
+            )
             update = privatize(
                 own,
                 update,
@@ -439,7 +450,13 @@ class FederatedClient:
         }
         if not self._secure_send(task.round, f"{base}/advertise", headers, advertise):
             return
-        self.log(f"round {task.round}: keys sent; secure aggregation under way")
+        noise = ""
+        if isinstance(plan.codec, SkellamCodec):
+            noise = f", adding Skellam noise of variance {plan.codec.client_variance:.4g}"
+        self.log(
+            f"round {task.round}: keys sent; secure aggregation under way "
+            f"({plan.graph.degree} neighbours, threshold {plan.graph.threshold}{noise})"
+        )
         summed = False
         while True:
             response = self._request(
