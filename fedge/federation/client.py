@@ -46,7 +46,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from fedge import __version__
 from fedge.config import StrategyConfig
-from fedge.errors import ConfigError, ProtocolError, Unauthorized
+from fedge.errors import ConfigError, FedgeError, ProtocolError, Unauthorized
 from fedge.federation.protocol import Task
 from fedge.federation.wire import decode_model, encode_model, encode_update
 from fedge.fl.local import LocalTraining, client_generator, train_client
@@ -77,6 +77,7 @@ __all__ = [
     "ClientSettings",
     "FederatedClient",
     "PrivacyRefused",
+    "parse_plan",
     "parse_task",
     "unmet_requirements",
 ]
@@ -347,6 +348,8 @@ class FederatedClient:
                 f"requires (--require {' '.join(self.settings.require)}): it trains nothing "
                 "and sends nothing"
             )
+        # a secure round's plan is checked before training, not after
+        plan = parse_plan(task.secure_aggregation) if task.secure_aggregation else None
         self._path("pending_state.safetensors").unlink(missing_ok=True)
         version, params, extras = decode_model(self._download(identity, task.model_url))
         if version != task.model_version:
@@ -372,8 +375,8 @@ class FederatedClient:
             client_generator(task.seed, task.training_round, self.rng_id),
             client_index=self.rng_id,
         )
-        if task.secure_aggregation is not None:
-            self._secure_round(identity, task, strategy, own, update)
+        if plan is not None:
+            self._secure_round(identity, task, plan, strategy, own, update)
             return
         if task.local_dp is not None:  # local DP: the noise is added before anything leaves
             dp = task.local_dp
@@ -427,13 +430,14 @@ class FederatedClient:
         self,
         identity: dict[str, str],
         task: Task,
+        plan: RoundPlan,
         strategy: Strategy,
         own: ClientTask,
         update: ClientUpdate,
     ) -> None:
         """Take part in the round's SecAgg+ stages with ``update`` (see the module)."""
-        assert task.secure_aggregation is not None and task.secagg_url is not None
-        plan = RoundPlan.from_json(task.secure_aggregation)
+        if task.secagg_url is None:
+            raise ProtocolError(f"round {task.round} has a secure plan but no secagg_url")
         me = identity["device_id"]
         protocol = SecAggClient(me, plan.setup)
         encoded = contribution(strategy, plan, own, update, np.random.default_rng())
@@ -560,6 +564,19 @@ def parse_task(body: dict[str, Any]) -> Task:
         first = exc.errors()[0]
         where = ".".join(map(str, first["loc"]))
         raise ProtocolError(f"the server sent a malformed task ({where}: {first['msg']})") from None
+
+
+def parse_plan(data: Any) -> RoundPlan:
+    """A task's SecAgg+ plan, or a :class:`ProtocolError` saying what is wrong with it."""
+    try:
+        if not isinstance(data, dict):
+            raise TypeError(f"a JSON object is expected, got {type(data).__name__}")
+        return RoundPlan.from_json(data)
+    except (KeyError, TypeError, ValueError, FedgeError) as exc:
+        what = f"no {exc}" if isinstance(exc, KeyError) else str(exc)
+        raise ProtocolError(
+            f"the server sent a malformed secure aggregation plan: {what}"
+        ) from None
 
 
 def _error_text(response: httpx.Response) -> str:

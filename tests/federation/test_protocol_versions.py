@@ -1,6 +1,8 @@
-"""Devices of an earlier fedge version: a task leaves out the extensions it does not use,
-so such a device still takes ordinary rounds, and a task that needs an extension it does
-not know is refused, saying to upgrade, never half-followed. Against a real server."""
+"""What a device takes from the server. Devices of an earlier fedge version: a task leaves
+out the extensions it does not use, so such a device still takes ordinary rounds, and a
+task that needs an extension it does not know is refused, saying to upgrade, never
+half-followed (against a real server). A malformed secure plan is refused with its reason
+before training."""
 
 import httpx
 import pytest
@@ -8,7 +10,7 @@ from conftest import SECRET, experiment
 from pydantic import ConfigDict, create_model
 
 from fedge.errors import ProtocolError
-from fedge.federation.client import parse_task
+from fedge.federation.client import parse_plan, parse_task
 from fedge.federation.protocol import LocalDPSettings, Task
 
 EXTENSIONS = {"secure_aggregation", "secagg_url", "local_dp"}
@@ -78,3 +80,47 @@ def test_a_task_with_a_field_this_device_does_not_know_says_to_upgrade():
         parse_task(future)
     with pytest.raises(ProtocolError, match=r"malformed task \(round:"):
         parse_task({**task.to_wire(), "round": "one"})
+
+
+def test_a_malformed_secure_plan_is_refused_before_training():
+    """A hostile or broken server's SecAgg+ plan stops the device with the reason (a
+    ProtocolError), never a traceback; a well-formed plan is taken."""
+    from fedge.privacy.secagg import RoundPlan, RoundSetup, SkellamCodec
+    from fedge.privacy.secagg.encoding import Segment, VectorCodec
+    from fedge.privacy.secagg.params import GraphParameters
+
+    codec = VectorCodec((Segment("delta", 10, -1.0, 1.0),), 32, 6)
+    good = RoundPlan(
+        RoundSetup(b"ctx", 2, 32, 10), GraphParameters(6, 4, 2), codec, "uniform", None, None
+    ).to_json()
+    assert parse_plan(good).graph.degree == 4
+    noisy = SkellamCodec(
+        segments=(Segment("delta", 10, -1.0, 1.0),),
+        bits=32,
+        max_clients=6,
+        clip_norm=1.0,
+        scale=10.0,
+        norm_bound=20.0,
+        client_variance=4.0,
+        min_survivors=2,
+    ).to_json()
+    cases = {
+        "not an object": ("plan", "a JSON object is expected"),
+        "no segments": ({k: v for k, v in good.items() if k != "segments"}, "no 'segments'"),
+        "bad context": ({**good, "context": "not hex"}, "malformed"),
+        "threshold 1": ({**good, "threshold": 1}, "threshold must be >= 2"),
+        "65 bits": ({**good, "modulus_bits": 65}, "modulus bits must be in [8, 64]"),
+        "empty interval": ({**good, "segments": [["delta", 10, 1.0, 1.0]]}, "is empty"),
+        "huge noise": (
+            {**good, "distributed_dp": {**noisy, "client_variance": 1e30}},
+            "above the largest planned",
+        ),
+        "negative noise": (
+            {**good, "distributed_dp": {**noisy, "client_variance": -1.0}},
+            "positive clip norm, scale, bound, variance",
+        ),
+    }
+    for name, (plan, message) in cases.items():
+        with pytest.raises(ProtocolError, match="malformed secure aggregation plan") as caught:
+            parse_plan(plan)
+        assert message in str(caught.value), name

@@ -30,7 +30,12 @@ import torch
 
 from fedge.errors import FedgeError
 from fedge.privacy.secagg.encoding import Encoded, Segment
-from fedge.privacy.skellam import SkellamParameters, conditional_rounding, skellam_noise
+from fedge.privacy.skellam import (
+    POISSON_MEAN_LIMIT,
+    SkellamParameters,
+    conditional_rounding,
+    skellam_noise,
+)
 
 __all__ = ["SkellamCodec"]
 
@@ -76,6 +81,11 @@ class SkellamCodec:
             raise ValueError("distributed DP needs a positive clip norm, scale, bound, variance")
         if self.norm_bound < self.scale * self.clip_norm:
             raise ValueError("the rounded norm bound is below the scaled clipping norm")
+        if self.client_variance / 2 > POISSON_MEAN_LIMIT:
+            raise ValueError(
+                f"a client's Skellam noise of variance {self.client_variance:.4g} is above "
+                f"the largest planned ({2 * POISSON_MEAN_LIMIT:.4g})"
+            )
         if not 1 <= self.min_survivors <= self.max_clients:
             raise ValueError("the minimum of survivors must be in [1, max_clients]")
 
