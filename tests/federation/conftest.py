@@ -232,3 +232,30 @@ def wait_for_clients(clients: list, timeout: float = 240) -> None:
             if client.poll() is None:
                 client.kill()
                 client.wait()
+
+
+def task_fields(**extra):
+    """The fields of a plain task of round 1 (``fedge.federation.protocol.Task``), with
+    ``extra`` added: for tests of what a device makes of a task."""
+    training = {
+        "epochs": 1,
+        "batch_size": 8,
+        "lr": 0.1,
+        "momentum": 0.0,
+        "weight_decay": 0.0,
+        "drop_last": False,
+    }
+    return {
+        "round": 1,
+        "model_version": 0,
+        "training_round": 1,
+        "model_url": "/v1/models/0",
+        "upload_url": "/v1/rounds/1/updates",
+        "deadline_seconds": None,
+        "seed": 0,
+        "num_devices": 3,
+        "training": training,
+        "strategy": {"name": "fedavg"},
+        "spec": {},
+        **extra,
+    }

@@ -5,7 +5,7 @@ with local DP each device noises its own update from its own entropy."""
 
 import dp_accounting
 import pytest
-from conftest import experiment, round_records, start_clients, wait_for_clients
+from conftest import experiment, round_records, start_clients, task_fields, wait_for_clients
 from dp_accounting import rdp
 
 from fedge.config import parse_config
@@ -114,31 +114,14 @@ def test_unmet_requirements_of_each_kind_of_round():
     from fedge.federation.client import unmet_requirements
     from fedge.federation.protocol import LocalDPSettings, Task
 
-    base = {
-        "round": 1,
-        "model_version": 0,
-        "training_round": 1,
-        "model_url": "/m",
-        "upload_url": "/u",
-        "deadline_seconds": None,
-        "seed": 0,
-        "num_devices": 3,
-        "training": {
-            "epochs": 1,
-            "batch_size": 8,
-            "lr": 0.1,
-            "momentum": 0.0,
-            "weight_decay": 0.0,
-            "drop_last": False,
-        },
-        "strategy": {"name": "fedavg"},
-        "spec": {},
-    }
+    local = LocalDPSettings(clip_norm=1.0, noise_multiplier=1.0)
     rounds = {
-        "plain": Task(**base),
-        "secure": Task(**base, secure_aggregation={"context": "00"}, secagg_url="/s"),
-        "distributed": Task(**base, secure_aggregation={"distributed_dp": {}}, secagg_url="/s"),
-        "local": Task(**base, local_dp=LocalDPSettings(clip_norm=1.0, noise_multiplier=1.0)),
+        "plain": Task(**task_fields()),
+        "secure": Task(**task_fields(secure_aggregation={"context": "00"}, secagg_url="/s")),
+        "distributed": Task(
+            **task_fields(secure_aggregation={"distributed_dp": {}}, secagg_url="/s")
+        ),
+        "local": Task(**task_fields(local_dp=local)),
     }
     both = ("secure-aggregation", "noise")
     met = {name: not unmet_requirements(task, both) for name, task in rounds.items()}

@@ -6,7 +6,7 @@ before training."""
 
 import httpx
 import pytest
-from conftest import SECRET, experiment
+from conftest import SECRET, experiment, task_fields
 from pydantic import ConfigDict, create_model
 
 from fedge.errors import ProtocolError
@@ -53,28 +53,7 @@ def test_a_local_dp_task_is_refused_by_an_old_device_and_taken_by_this_one(feder
 
 
 def test_a_task_with_a_field_this_device_does_not_know_says_to_upgrade():
-    task = Task.model_validate(
-        {
-            "round": 1,
-            "model_version": 0,
-            "training_round": 1,
-            "model_url": "/v1/models/0",
-            "upload_url": "/v1/rounds/1/updates",
-            "deadline_seconds": None,
-            "seed": 0,
-            "num_devices": 3,
-            "training": {
-                "epochs": 1,
-                "batch_size": 8,
-                "lr": 0.1,
-                "momentum": 0.0,
-                "weight_decay": 0.0,
-                "drop_last": False,
-            },
-            "strategy": {"name": "fedavg"},
-            "spec": {},
-        }
-    )
+    task = Task.model_validate(task_fields())
     future = {**task.to_wire(), "homomorphic_encryption": {"scheme": "ckks"}}
     with pytest.raises(ProtocolError, match=r"homomorphic_encryption.*upgrade fedge"):
         parse_task(future)
