@@ -334,7 +334,13 @@ async function secureRound(task, { plan, contribution, state }) {
   };
   const advertise = { model_version: task.model_version, keys: await protocol.advertise() };
   if (!(await post("advertise", advertise))) return;
-  log(`round ${round}: keys sent; secure aggregation under way`);
+  const noise = plan.distributedDp
+    ? `, adding Skellam noise of variance ${plan.distributedDp.clientVariance.toPrecision(4)}`
+    : "";
+  log(
+    `round ${round}: keys sent; secure aggregation under way (${plan.degree} neighbours, ` +
+      `threshold ${plan.threshold}${noise})`,
+  );
   show("status", `round ${round}: secure aggregation, waiting for the other devices' keys`);
   const wait = Number(param("wait") ?? 10);
   let summed = false;
