@@ -116,6 +116,13 @@ def client(
             "(the server sees only a sum), noise (DP noise added on the device)."
         ),
     ] = None,
+    min_noise: Annotated[
+        float,
+        typer.Option(
+            help="Refuse rounds in which this device adds less DP noise than this many times "
+            "its update's sensitivity (local DP's z; under distributed DP its own share)."
+        ),
+    ] = 0.0,
     quiet: Annotated[bool, typer.Option(help="Print nothing but errors.")] = False,
 ) -> None:
     """Train with a federation on this device's own data until the experiment finishes.
@@ -130,6 +137,7 @@ def client(
         verify=ca_cert or True,
         max_backoff=max_backoff,
         require=tuple(require or ()),
+        min_noise=min_noise,
     )
 
     def log(message: str) -> None:

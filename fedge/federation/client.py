@@ -28,6 +28,7 @@ noise from its own entropy before the update is even written to its state folder
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import signal
@@ -77,6 +78,7 @@ __all__ = [
     "ClientSettings",
     "FederatedClient",
     "PrivacyRefused",
+    "own_noise",
     "parse_plan",
     "parse_task",
     "unmet_requirements",
@@ -111,6 +113,9 @@ class ClientSettings:
         noise before the server sees it: local DP, or distributed DP under secure
         aggregation; central DP does not count, the server adds that noise itself). A round
         that does not meet them stops the device with a :class:`PrivacyRefused`.
+    min_noise:
+        The least noise the device must add itself, as a multiple of its update's
+        sensitivity (:func:`own_noise`); 0: no minimum.
     """
 
     backoff: float = 0.5
@@ -120,8 +125,11 @@ class ClientSettings:
     max_updates: int | None = None
     verify: bool | str = True
     require: tuple[str, ...] = ()
+    min_noise: float = 0.0
 
     def __post_init__(self) -> None:
+        if not (math.isfinite(self.min_noise) and self.min_noise >= 0):
+            raise ConfigError(f"--min-noise must be a number >= 0, got {self.min_noise}")
         unknown = sorted(set(self.require) - set(REQUIREMENTS))
         if unknown:
             raise ConfigError(
@@ -138,18 +146,38 @@ class PrivacyRefused(ProtocolError):
     requires (``--require``); the device trains nothing and sends nothing."""
 
 
-def unmet_requirements(task: Task, require: tuple[str, ...]) -> list[str]:
-    """What ``task``'s round lacks of ``require``, in words (empty: the round meets them)."""
+def own_noise(task: Task) -> float:
+    """The standard deviation of the noise this device itself adds in ``task``'s round,
+    relative to its update's sensitivity: local DP's z; under distributed DP √μᵢ/B, its
+    Skellam noise against its rounded norm bound (which holds even if every other device
+    colludes with the server); 0 when it adds none."""
+    if task.local_dp is not None:
+        return task.local_dp.noise_multiplier
+    dp = (task.secure_aggregation or {}).get("distributed_dp")
+    if isinstance(dp, dict):
+        try:
+            return math.sqrt(float(dp["client_variance"])) / float(dp["norm_bound"])
+        except (KeyError, TypeError, ValueError, ZeroDivisionError):
+            return 0.0  # a malformed plan is refused with its reason (parse_plan)
+    return 0.0
+
+
+def unmet_requirements(task: Task, require: tuple[str, ...], min_noise: float = 0.0) -> list[str]:
+    """What ``task``'s round lacks of ``require`` and ``min_noise``, in words (empty: the
+    round meets them)."""
     plan = task.secure_aggregation
     missing = []
     if "secure-aggregation" in require and plan is None:
         missing.append("secure aggregation (the server would see this device's update)")
-    noisy = task.local_dp is not None or (
-        plan is not None and plan.get("distributed_dp") is not None
-    )
-    if "noise" in require and not noisy:
+    noise = own_noise(task)
+    if "noise" in require and noise == 0:
         missing.append(
             "noise added on the device (local DP, or distributed DP under secure aggregation)"
+        )
+    if min_noise > 0 and noise < min_noise:
+        missing.append(
+            f"noise of at least {min_noise:g} times the update's sensitivity added on the "
+            f"device (it would add {noise:.3g})"
         )
     return missing
 
@@ -341,12 +369,14 @@ class FederatedClient:
         return self._model[1]
 
     def _train(self, identity: dict[str, str], task: Task) -> None:
-        missing = unmet_requirements(task, self.settings.require)
+        missing = unmet_requirements(task, self.settings.require, self.settings.min_noise)
         if missing:
+            asked = [f"--require {r}" for r in self.settings.require]
+            if self.settings.min_noise:
+                asked.append(f"--min-noise {self.settings.min_noise:g}")
             raise PrivacyRefused(
                 f"round {task.round} has no {' and no '.join(missing)}, which this device "
-                f"requires (--require {' '.join(self.settings.require)}): it trains nothing "
-                "and sends nothing"
+                f"requires ({' '.join(asked)}): it trains nothing and sends nothing"
             )
         # a secure round's plan is checked before training, not after
         plan = parse_plan(task.secure_aggregation) if task.secure_aggregation else None

@@ -255,3 +255,24 @@ def test_a_page_that_requires_secure_aggregation_refuses_a_plain_round(
     browser.get("about:blank")  # a new document: a changed fragment alone would not reload
     browser.get(f"{server.url}/client#require=secrecy")
     wait_for(browser, "error", lambda text: "unknown requirement secrecy" in text)
+
+
+def test_a_page_that_wants_more_noise_than_a_local_dp_round_adds_refuses_it(
+    federation, browser, tmp_path
+):
+    data = experiment(name="browser-min-noise", rounds=1)
+    data["privacy"] = {"dp": "local", "clip_norm": 0.5, "noise_multiplier": 1.0}
+    server = federation(data)
+    x, y = partition(server.config, 0)
+    np.savez(tmp_path / "mine.npz", x=x, y=y)
+    browser.get(f"{server.url}/client#min_noise=2&secret={SECRET}")
+    wait_for(browser, "backend", lambda text: "TensorFlow.js" in text and " on " in text)
+    from selenium.webdriver.common.by import By
+
+    browser.find_element(By.ID, "data-file").send_keys(str(tmp_path / "mine.npz"))
+    wait_for(browser, "data-info", lambda text: "examples" in text and "no examples" not in text)
+    browser.find_element(By.ID, "start").click()
+    message = wait_for(browser, "error", lambda text: "which this device requires" in text)
+    assert "noise of at least 2 times" in message and "it would add 1.00" in message
+    assert "(min_noise=2)" in message
+    assert server.status()["round"]["accepted"] == 0

@@ -110,6 +110,20 @@ def test_a_device_refuses_a_round_without_the_protection_its_owner_requires(fede
     assert current["assigned"] == 1 and current["accepted"] == 0
 
 
+def test_a_device_refuses_a_round_that_adds_less_noise_than_it_requires(federation, tmp_path):
+    """--min-noise 2 against a local-DP round that adds noise of z = 1 on the device."""
+    local = experiment(name="dp-min-noise", rounds=1)
+    local["privacy"] = {"dp": "local", "clip_norm": 0.5, "noise_multiplier": 1.0}
+    server = federation(local)
+    (device,) = start_clients(server, tmp_path, "--min-noise", "2", count=1)
+    out, _ = device.communicate(timeout=120)
+    assert device.returncode == 5, out
+    said = " ".join(out.split())
+    assert "noise of at least 2 times" in said and "it would add 1" in said
+    assert "(--min-noise 2)" in said
+    assert server.status()["round"]["accepted"] == 0
+
+
 def test_unmet_requirements_of_each_kind_of_round():
     from fedge.federation.client import unmet_requirements
     from fedge.federation.protocol import LocalDPSettings, Task
@@ -134,3 +148,22 @@ def test_unmet_requirements_of_each_kind_of_round():
     assert secure == {"plain": False, "secure": True, "distributed": True, "local": False}
     assert all(not unmet_requirements(task, ()) for task in rounds.values())
     assert len(unmet_requirements(rounds["plain"], both)) == 2
+
+
+def test_own_noise_and_a_minimum_of_it():
+    """The noise a device adds itself, relative to its sensitivity: z under local DP, √μᵢ/B
+    under distributed DP (hand-picked numbers), 0 otherwise; --min-noise compares with it."""
+    from fedge.federation.client import own_noise, unmet_requirements
+    from fedge.federation.protocol import LocalDPSettings, Task
+
+    local = Task(**task_fields(local_dp=LocalDPSettings(clip_norm=0.5, noise_multiplier=1.5)))
+    dp = {"client_variance": 36.0, "norm_bound": 4.0}  # √36 / 4 = 1.5
+    distributed = Task(**task_fields(secure_aggregation={"distributed_dp": dp}, secagg_url="/s"))
+    plain = Task(**task_fields())
+    assert (own_noise(local), own_noise(distributed), own_noise(plain)) == (1.5, 1.5, 0.0)
+    for task in (local, distributed):
+        assert unmet_requirements(task, (), min_noise=1.5) == []
+        (missing,) = unmet_requirements(task, (), min_noise=1.6)
+        assert "at least 1.6 times" in missing and "it would add 1.5" in missing
+    assert unmet_requirements(plain, (), min_noise=0.0) == []
+    assert len(unmet_requirements(plain, ("noise",), min_noise=0.1)) == 2

@@ -160,8 +160,11 @@ export async function currentExamples(inputShape) {
 // "secure-aggregation" (the server sees only a sum of masked updates) and "noise" (DP noise
 // added on the device: local DP, or distributed DP under secure aggregation; central DP
 // does not count, the server adds that noise itself).
+// min_noise: the least noise the device must add itself, as a multiple of its update's
+// sensitivity (fedge client --min-noise; local DP's z, under distributed DP √μᵢ/B).
 const REQUIREMENTS = ["secure-aggregation", "noise"];
 const required = (param("require") ?? "").split(",").filter(Boolean);
+const minNoise = Number(param("min_noise") ?? 0);
 
 class PrivacyRefused extends Error {
   constructor(message) {
@@ -176,20 +179,38 @@ function unmetRequirements(task) {
   const plan = task.secure_aggregation;
   if (required.includes("secure-aggregation") && !plan)
     missing.push("secure aggregation (the server would see this device's update)");
-  const noisy = task.local_dp != null || plan?.distributed_dp != null;
-  if (required.includes("noise") && !noisy)
+  const noise = ownNoise(task);
+  if (required.includes("noise") && noise === 0)
     missing.push(
       "noise added on the device (local DP, or distributed DP under secure aggregation)",
     );
+  if (minNoise > 0 && !(noise >= minNoise))
+    missing.push(
+      `noise of at least ${minNoise} times the update's sensitivity added on the device ` +
+        `(it would add ${noise.toPrecision(3)})`,
+    );
   return missing;
+}
+
+// The noise this device itself adds in `task`'s round, relative to its update's sensitivity
+// (fedge.federation.client.own_noise).
+function ownNoise(task) {
+  if (task.local_dp != null) return Number(task.local_dp.noise_multiplier) || 0;
+  const dp = task.secure_aggregation?.distributed_dp;
+  if (dp == null) return 0;
+  const noise = Math.sqrt(dp.client_variance) / dp.norm_bound;
+  return Number.isFinite(noise) ? noise : 0;
 }
 
 async function train(task) {
   const missing = unmetRequirements(task);
   if (missing.length) {
+    const asked = [];
+    if (required.length) asked.push(`require=${required.join(",")}`);
+    if (minNoise > 0) asked.push(`min_noise=${minNoise}`);
     throw new PrivacyRefused(
       `Round ${task.round} has no ${missing.join(" and no ")}, which this device requires ` +
-        `(require=${required.join(",")}): it trains nothing and sends nothing.`,
+        `(${asked.join(", ")}): it trains nothing and sends nothing.`,
     );
   }
   // Refuse a secure plan this page cannot take part in before training, not after.
@@ -609,6 +630,10 @@ function setUpDrawing() {
 }
 
 async function main() {
+  if (!(minNoise >= 0 && Number.isFinite(minNoise))) {
+    const given = param("min_noise");
+    throw new Error(`min_noise in the page's address must be a number >= 0, not ${given}`);
+  }
   const unknown = required.filter((r) => !REQUIREMENTS.includes(r));
   if (unknown.length) {
     throw new Error(
