@@ -133,7 +133,10 @@ def test_unmet_requirements_of_each_kind_of_round():
         "plain": Task(**task_fields()),
         "secure": Task(**task_fields(secure_aggregation={"context": "00"}, secagg_url="/s")),
         "distributed": Task(
-            **task_fields(secure_aggregation={"distributed_dp": {}}, secagg_url="/s")
+            **task_fields(
+                secure_aggregation={"distributed_dp": {"client_variance": 4.0, "norm_bound": 2.0}},
+                secagg_url="/s",
+            )
         ),
         "local": Task(**task_fields(local_dp=local)),
     }
