@@ -369,6 +369,8 @@ class FederatedClient:
         return self._model[1]
 
     def _train(self, identity: dict[str, str], task: Task) -> None:
+        # a secure round's plan is checked before training, not after
+        plan = parse_plan(task.secure_aggregation) if task.secure_aggregation else None
         missing = unmet_requirements(task, self.settings.require, self.settings.min_noise)
         if missing:
             asked = [f"--require {r}" for r in self.settings.require]
@@ -378,8 +380,6 @@ class FederatedClient:
                 f"round {task.round} has no {' and no '.join(missing)}, which this device "
                 f"requires ({' '.join(asked)}): it trains nothing and sends nothing"
             )
-        # a secure round's plan is checked before training, not after
-        plan = parse_plan(task.secure_aggregation) if task.secure_aggregation else None
         self._path("pending_state.safetensors").unlink(missing_ok=True)
         version, params, extras = decode_model(self._download(identity, task.model_url))
         if version != task.model_version:
